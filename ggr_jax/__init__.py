@@ -1,0 +1,62 @@
+"""ggr_jax: dynamic sparse training in JAX, built around Global Gradient-based Redistribution.
+
+Masks are a pytree parallel to params (bool arrays; ``None`` for dense leaves), masking lives in
+optax transforms, and one pure, jittable :func:`redistribute` implements GGR, RigL, SET, SNFS
+and static sparse training as configurations of prune -> allocate -> place.
+
+Reference: Parger et al. 2022, https://arxiv.org/abs/2210.14012
+"""
+
+from ggr_jax._distributions import custom_densities, er_densities, erk_densities, uniform_densities
+from ggr_jax._masks import active_counts, apply_masks, global_density, mask_densities, random_masks
+from ggr_jax._optimizer_state import reset_optimizer_state
+from ggr_jax._redistribute import Method, ggr, redistribute, rigl, set_, snfs, static
+from ggr_jax._select import order_key, top_k_global, top_k_per_leaf
+from ggr_jax._transforms import (
+    AccumulatedGradients,
+    DynamicSparseState,
+    accumulate_gradients,
+    accumulated_gradients,
+    dynamic_sparse,
+    get_masks,
+    mask_gradients,
+    mask_updates,
+)
+from ggr_jax._tree import sparsifiable
+
+set = set_  # noqa: A001  (``gj.set()`` reads like the other methods)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccumulatedGradients",
+    "DynamicSparseState",
+    "Method",
+    "accumulate_gradients",
+    "accumulated_gradients",
+    "active_counts",
+    "apply_masks",
+    "custom_densities",
+    "dynamic_sparse",
+    "er_densities",
+    "erk_densities",
+    "get_masks",
+    "ggr",
+    "global_density",
+    "mask_densities",
+    "mask_gradients",
+    "mask_updates",
+    "order_key",
+    "random_masks",
+    "redistribute",
+    "reset_optimizer_state",
+    "rigl",
+    "set",
+    "set_",
+    "snfs",
+    "sparsifiable",
+    "static",
+    "top_k_global",
+    "top_k_per_leaf",
+    "uniform_densities",
+]
