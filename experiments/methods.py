@@ -1,0 +1,121 @@
+"""From config fields to ggr_jax objects: the method, the initial masks, the optimizer, the schedules."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import ggr_jax as gj
+from experiments.errors import UserError
+
+METHODS = ("dense", "static", "set", "rigl", "snfs", "ggr")
+INITS = ("uniform", "erk")
+
+
+def check(config) -> None:
+    """Raises `UserError` for a config value that is out of range (one line naming the field)."""
+
+    def choice(field, allowed):
+        if config[field] not in allowed:
+            raise UserError(f"unknown {field} {config[field]!r}; choose one of: {', '.join(allowed)}")
+
+    for m in split_methods(config.method):
+        if m not in METHODS:
+            raise UserError(f"unknown method {m!r}; choose one of: {', '.join(METHODS)}")
+    choice("init", INITS)
+    choice("optimizer", ("sgd", "adam"))
+    choice("lr_schedule", ("cosine", "step", "constant"))
+    choice("topology_update", ("cond", "separate"))
+    choice("ggr_signal", ("batch", "accumulated"))
+    if not 0.0 <= config.sparsity < 1.0:
+        raise UserError(f"sparsity must be in [0, 1), got {config.sparsity}")
+    if not 0.0 <= config.drop_fraction <= 1.0:
+        raise UserError(f"drop_fraction must be in [0, 1], got {config.drop_fraction}")
+    if not 0.0 <= config.end_fraction <= 1.0:
+        raise UserError(f"end_fraction must be in [0, 1], got {config.end_fraction}")
+    if not 0.0 <= config.ggr_rho <= 1.0:
+        raise UserError(f"ggr_rho must be in [0, 1], got {config.ggr_rho}")
+    for field in ("delta_t", "batch_size", "eval_batch_size", "num_epochs"):
+        if config[field] < 1:
+            raise UserError(f"{field} must be at least 1, got {config[field]}")
+    if config.learning_rate <= 0:
+        raise UserError(f"learning_rate must be positive, got {config.learning_rate}")
+
+
+def split_methods(method: str) -> list[str]:
+    return [m.strip() for m in str(method).split(",") if m.strip()]
+
+
+def make_method(config) -> gj.Method | None:
+    """The ggr_jax method of ``config.method`` (a single name); None for dense training."""
+    name = config.method
+    if name == "dense":
+        return None
+    if name == "ggr":
+        return gj.ggr(rho=config.ggr_rho, signal=config.ggr_signal)
+    return {"static": gj.static, "set": gj.set_, "rigl": gj.rigl, "snfs": gj.snfs}[name]()
+
+
+def is_dynamic(method: gj.Method | None) -> bool:
+    return method is not None and method.allocate != "none"
+
+
+def initial_masks(config, params, key):
+    """Masks of the initial topology: all-True for dense, else uniform or ERK densities."""
+    spec = gj.sparsifiable(params)
+    if config.method == "dense":
+        return jax.tree.map(lambda p, s: jnp.ones(p.shape, bool) if s else None, params, spec)
+    if config.init == "erk":
+        densities = gj.erk_densities(params, config.sparsity, spec=spec)
+    else:
+        densities = gj.uniform_densities(params, config.sparsity, spec=spec,
+                                         dense_first=config.dense_first)
+    return gj.random_masks(params, densities, key)
+
+
+def learning_rate(config, steps_per_epoch: int) -> optax.Schedule:
+    total = config.num_epochs * steps_per_epoch
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    lr = config.learning_rate
+    if config.lr_schedule == "cosine":
+        main = optax.cosine_decay_schedule(lr, max(total - warmup, 1))
+    elif config.lr_schedule == "step":
+        bounds = {int(e * steps_per_epoch) - warmup: config.lr_decay_factor
+                  for e in config.lr_decay_epochs}
+        main = optax.piecewise_constant_schedule(lr, bounds)
+    else:
+        main = optax.constant_schedule(lr)
+    if warmup <= 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def drop_fraction(alpha: float, t_end: int) -> optax.Schedule:
+    """alpha/2 * (1 + cos(pi t / t_end)): the fraction dropped at a topology update at step t."""
+    return optax.cosine_decay_schedule(alpha, max(t_end, 1))
+
+
+def end_step(end_fraction: float, total_steps: int) -> int:
+    """t_end: the step from which the masks are frozen."""
+    return int(end_fraction * total_steps)
+
+
+def is_update_step(step, delta_t: int, t_end: int):
+    """Topology updates happen every delta_t steps in 0 < step < t_end (python ints or traced)."""
+    return (step > 0) & (step % delta_t == 0) & (step < t_end)
+
+
+def make_optimizer(config, method: gj.Method | None, steps_per_epoch: int):
+    """Masked optimizer: (|g| accumulation) -> mask grads -> weight decay -> SGD/Adam -> mask updates."""
+    lr = learning_rate(config, steps_per_epoch)
+    parts = []
+    if method is not None and method.signal == "accumulated":
+        parts.append(gj.accumulate_gradients())
+    parts.append(gj.mask_gradients())
+    if config.weight_decay:
+        parts.append(optax.add_decayed_weights(config.weight_decay))
+    if config.optimizer == "sgd":
+        parts.append(optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov))
+    else:
+        parts.append(optax.adam(lr))
+    parts.append(gj.mask_updates())
+    return optax.chain(*parts)

@@ -1,0 +1,56 @@
+"""Metrics as JSON lines: one record per line with a ``type`` (init, train, eval, topology, final)."""
+
+import json
+import os
+
+import jax
+import numpy as np
+
+
+def layer_name(keys) -> str:
+    """'Dense_0/kernel' -> 'Dense_0'; nested modules are joined with '/'."""
+    parts = [str(getattr(k, "key", getattr(k, "name", k))) for k in keys]
+    if len(parts) > 1 and parts[-1] == "kernel":
+        parts = parts[:-1]
+    return "/".join(parts)
+
+
+def per_layer(tree) -> dict[str, float | int]:
+    """A pytree of scalars (None leaves skipped) as {layer name: python number}."""
+    out = {}
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        v = np.asarray(leaf)
+        out[layer_name(keys)] = v.item()
+    return out
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic | np.ndarray) or hasattr(x, "__array__"):
+        v = np.asarray(x)
+        return v.item() if v.ndim == 0 else v.tolist()
+    return x
+
+
+class MetricsLog:
+    """Appends records to ``path``; on resume, drops records past the restored step first."""
+
+    def __init__(self, path: str, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and os.path.exists(path):
+            kept = [line for line in read(path) if line.get("step", 0) <= resume_step
+                    and line.get("type") != "final"]
+            with open(path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(_plain(record)) + "\n")
+
+
+def read(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,157 @@
+"""The train state and the pure train / eval steps (jitted by the caller).
+
+The masks live in the train state next to the params. A topology update at step t (see
+`methods.is_update_step`) runs before that step's optimizer update and uses the same batch gradient
+(or the accumulated |g|, or SNFS's gradient EMA): redistribute -> reset the optimizer state of
+pruned and regrown weights -> masked optimizer step with the new masks.
+"""
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import ggr_jax as gj
+from experiments import methods
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # shape=(), int32: optimizer steps taken = data position
+    params: Any  # float32 pytree, zero outside the masks
+    batch_stats: Any  # BatchNorm statistics ({} for models without BatchNorm)
+    masks: Any  # bool leaves like params; None for dense leaves
+    opt_state: Any  # the masked optax chain's state
+    momentum: Any  # SNFS: float32 EMA of gradients like params; () otherwise
+    rng: jax.Array  # uint32[2] PRNG key data; step t uses fold_in(rng, t)
+
+
+class StepConfig(NamedTuple):
+    """Static (hashable) settings of the train step."""
+
+    method: gj.Method | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool
+    label_smoothing: float
+    snfs_momentum: float
+    delta_t: int
+    t_end: int
+    drop_fraction: float
+
+
+def step_config(config, dataset, total_steps: int) -> StepConfig:
+    return StepConfig(methods.make_method(config), dataset.mean, dataset.std, bool(config.augment),
+                      float(config.label_smoothing), float(config.snfs_momentum), int(config.delta_t),
+                      methods.end_step(config.end_fraction, total_steps),
+                      float(config.drop_fraction))
+
+
+def create_train_state(config, model, tx, input_shape) -> TrainState:
+    rng = jax.random.PRNGKey(config.seed)
+    init_key, mask_key, train_key = jax.random.split(rng, 3)
+    dummy = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+    variables = jax.jit(functools.partial(model.init, train=False))(init_key, dummy)
+    params = variables["params"]
+    masks = methods.initial_masks(config, params, mask_key)
+    params = gj.apply_masks(params, masks)
+    method = methods.make_method(config)
+    momentum = () if method is None or not method.needs_momentum else jax.tree.map(
+        lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    return TrainState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}), masks,
+                      tx.init(params), momentum, train_key)
+
+
+def preprocess(images, mean, std):
+    x = images.astype(jnp.float32)
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def augment(x, key):
+    """Random crop after 4-pixel zero padding and random horizontal flip, per example."""
+    n, h, w, _ = x.shape
+    k_crop, k_flip = jax.random.split(key)
+    padded = jnp.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    offsets = jax.random.randint(k_crop, (n, 2), 0, 9)
+    crop = jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, x.shape[3])))
+    x = crop(padded, offsets)
+    flip = jax.random.bernoulli(k_flip, 0.5, (n, 1, 1, 1))
+    return jnp.where(flip, x[:, :, ::-1, :], x)
+
+
+def _variables(params, batch_stats):
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def train_step(state: TrainState, batch, *, model, tx, cfg: StepConfig, topology):
+    """One optimizer step. ``topology``: "cond" (update under lax.cond when the schedule says so),
+    True (always update: the separately jitted update step), False (never)."""
+    images, labels = batch
+    step = state.step
+    key = jax.random.fold_in(state.rng, step)
+    k_aug, k_topo = jax.random.split(key)
+    x = preprocess(images, cfg.mean, cfg.std)
+    if cfg.augment:
+        x = augment(x, k_aug)
+
+    def loss_fn(params):
+        variables = _variables(params, state.batch_stats)
+        if state.batch_stats:
+            logits, new_vars = model.apply(variables, x, train=True, mutable=["batch_stats"])
+            new_stats = new_vars["batch_stats"]
+        else:
+            logits, new_stats = model.apply(variables, x, train=True), state.batch_stats
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), cfg.label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        return loss, (logits, new_stats)
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    method = cfg.method
+    momentum = state.momentum
+    if method is not None and method.needs_momentum:
+        beta = cfg.snfs_momentum
+        momentum = jax.tree.map(lambda m, g: beta * m + (1 - beta) * g, momentum, grads)
+
+    params, masks, opt_state, info = state.params, state.masks, state.opt_state, None
+    if methods.is_dynamic(method) and topology is not False:
+        fraction_at = methods.drop_fraction(cfg.drop_fraction, cfg.t_end)
+
+        def update(operand):
+            params, masks, opt_state = operand
+            signal = gj.accumulated_gradients(opt_state) if method.signal == "accumulated" else grads
+            new_params, new_masks, info = gj.redistribute(
+                params, masks, signal, k_topo, method=method, fraction=fraction_at(step),
+                momentum=momentum if method.needs_momentum else None)
+            new_opt_state = gj.reset_optimizer_state(tx, opt_state, masks, new_masks)
+            return (new_params, new_masks, new_opt_state), info
+
+        operand = (params, masks, opt_state)
+        if topology == "cond":
+            info_shape = jax.eval_shape(update, operand)[1]
+
+            def keep(operand):
+                return operand, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), info_shape)
+
+            update_now = methods.is_update_step(step, cfg.delta_t, cfg.t_end)
+            (params, masks, opt_state), info = jax.lax.cond(update_now, update, keep, operand)
+        else:
+            (params, masks, opt_state), info = update(operand)
+
+    updates, opt_state = tx.update(grads, opt_state, params, masks=masks)
+    params = optax.apply_updates(params, updates)
+    new_state = state._replace(step=step + 1, params=params, batch_stats=batch_stats, masks=masks,
+                               opt_state=opt_state, momentum=momentum)
+    metrics = {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == labels)}
+    return new_state, metrics, info
+
+
+def eval_step(params, batch_stats, batch, *, model, mean, std):
+    """Summed loss, correct predictions and count over the valid examples of one padded batch."""
+    images, labels, valid = batch
+    logits = model.apply(_variables(params, batch_stats), preprocess(images, mean, std), train=False)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    valid_f = valid.astype(jnp.float32)
+    return {"loss": jnp.sum(loss * valid_f),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == labels) & valid),
+            "count": jnp.sum(valid.astype(jnp.int32))}
