@@ -17,7 +17,7 @@ from jax import lax
 
 from ggr_jax._masks import apply_masks
 from ggr_jax._optimizer_state import reset_optimizer_state
-from ggr_jax._redistribute import Method, redistribute
+from ggr_jax._redistribute import Method, _check_method, redistribute
 from ggr_jax._tree import PyTree, check_masks, check_unit_interval, map_sparse
 
 
@@ -179,6 +179,7 @@ def dynamic_sparse(
     if not isinstance(end_step, int) or end_step < 0:
         raise ValueError(f"end_step must be a non-negative int, got {end_step!r}")
     check_unit_interval(momentum_decay, name="momentum_decay")
+    _check_method(method)
     fraction_at = _schedule(drop_fraction)
     inner = optax.with_extra_args_support(inner)
     uses_signal = method.signal == "accumulated" or method.needs_momentum
