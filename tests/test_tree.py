@@ -227,3 +227,11 @@ def test_leaf_paths_in_messages_for_lists_and_attributes(getkey):
     masks = [Layer(jnp.ones((2, 2), bool)), Layer(jnp.ones((3, 2), bool))]
     with pytest.raises(ValueError, match=re.escape("masks leaf '1/weight' has shape (3, 2)")):
         gj.apply_masks(params, masks)
+
+
+def test_this_module_runs_under_strict_promotion():
+    # conftest makes optax-free modules strict: an implicit f32/bf16 promotion must raise here
+    with pytest.raises(jax.dtypes.TypePromotionError):
+        jnp.ones(2, jnp.float32) + jnp.ones(2, jnp.bfloat16)
+    with pytest.raises(ValueError, match="jax_numpy_rank_promotion=.raise."):
+        jnp.ones((2, 3)) + jnp.ones(3)
