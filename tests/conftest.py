@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 
+import chex
 import jax
 import optax
 import pytest
@@ -39,6 +40,13 @@ def _dtype_promotion(request):
     strict = request.node.get_closest_marker("standard_dtype_promotion") is None
     with jax.numpy_dtype_promotion("strict" if strict else "standard"):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_trace_counters():
+    # chex.assert_max_traces counts per function definition: parametrized tests define the same
+    # function again for each case, so every test starts from zero.
+    chex.clear_trace_counter()
 
 
 @pytest.fixture
