@@ -173,12 +173,13 @@ _TFDS_SPLITS = {"fashion_mnist": ("train", "test"), "cifar100": ("train", "test"
                 "tiny_imagenet": ("train", "validation")}
 
 
-def _source_to_numpy(source, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def _source_to_numpy(source) -> tuple[np.ndarray, np.ndarray]:
+    # Item by item: `__getitems__` is broken under tfds.testing.mock_data (TFDS 4.9.10).
     images, labels = [], []
-    for start in range(0, len(source), chunk):
-        items = source.__getitems__(range(start, min(start + chunk, len(source))))
-        images.extend(np.asarray(it["image"]) for it in items)
-        labels.extend(int(it["label"]) for it in items)
+    for i in range(len(source)):
+        item = source[i]
+        images.append(np.asarray(item["image"]))
+        labels.append(int(item["label"]))
     return np.stack(images).astype(np.uint8), np.asarray(labels, np.int32)
 
 

@@ -84,14 +84,20 @@ def learning_rate(config, steps_per_epoch: int) -> optax.Schedule:
         main = optax.piecewise_constant_schedule(lr, bounds)
     else:
         main = optax.constant_schedule(lr)
-    if warmup <= 0:
-        return main
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+    if warmup > 0:
+        main = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+    return _float_count(main)
+
+
+def _float_count(schedule: optax.Schedule) -> optax.Schedule:
+    """Evaluates ``schedule`` at a float32 step (optax's schedules mix int counts and floats, which
+    strict dtype promotion rejects)."""
+    return lambda count: schedule(jnp.asarray(count).astype(jnp.float32))
 
 
 def drop_fraction(alpha: float, t_end: int) -> optax.Schedule:
     """alpha/2 * (1 + cos(pi t / t_end)): the fraction dropped at a topology update at step t."""
-    return optax.cosine_decay_schedule(alpha, max(t_end, 1))
+    return _float_count(optax.cosine_decay_schedule(alpha, max(t_end, 1)))
 
 
 def end_step(end_fraction: float, total_steps: int) -> int:

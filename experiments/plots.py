@@ -12,10 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 def _density_series(records):
     steps, layers = [], {}
     for r in records:
-        if r.get("type") in ("init", "topology") and "density" in r:
+        density = r.get("layer_density") if r.get("type") == "final" else r.get("density")
+        if r.get("type") in ("init", "topology", "final") and density:
             steps.append(r["step"])
-            for name, d in r["density"].items():
+            for name, d in density.items():
                 layers.setdefault(name, []).append(d)
+    if all(d == 1.0 for values in layers.values() for d in values):
+        return [], {}  # a dense run has nothing to show
     return steps, layers
 
 

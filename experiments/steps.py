@@ -48,24 +48,38 @@ def step_config(config, dataset, total_steps: int) -> StepConfig:
                       float(config.drop_fraction))
 
 
+@functools.partial(jax.jit, static_argnames=("method", "init", "sparsity", "dense_first"))
+def _initial_masks(params, key, *, method, init, sparsity, dense_first):
+    # Module-level, so runs that share the parameter shapes (e.g. CIFAR-100 and Tiny-ImageNet with
+    # the same network, or a grid's cells in one process) share the compiled program.
+    config = {"method": method, "init": init, "sparsity": sparsity, "dense_first": dense_first}
+    return methods.initial_masks(_Fields(config), params, key)
+
+
+class _Fields(dict):
+    __getattr__ = dict.__getitem__
+
+
 def create_train_state(config, model, tx, input_shape) -> TrainState:
-    rng = jax.random.PRNGKey(config.seed)
-    init_key, mask_key, train_key = jax.random.split(rng, 3)
+    """Initial params, masks and optimizer state from ``config.seed``."""
+    method = methods.make_method(config)
+    init_key, mask_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     dummy = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
     variables = jax.jit(functools.partial(model.init, train=False))(init_key, dummy)
-    params = variables["params"]
-    masks = methods.initial_masks(config, params, mask_key)
-    params = gj.apply_masks(params, masks)
-    method = methods.make_method(config)
-    momentum = () if method is None or not method.needs_momentum else jax.tree.map(
-        lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    masks = _initial_masks(variables["params"], mask_key, method=config.method, init=config.init,
+                           sparsity=float(config.sparsity), dense_first=bool(config.dense_first))
+    params = jax.jit(gj.apply_masks)(variables["params"], masks)
+    momentum = ()
+    if method is not None and method.needs_momentum:
+        momentum = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     return TrainState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}), masks,
-                      tx.init(params), momentum, train_key)
+                      jax.jit(tx.init)(params), momentum, train_key)
 
 
 def preprocess(images, mean, std):
     x = images.astype(jnp.float32)
-    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    shape = (1,) * (x.ndim - 1) + (len(mean),)
+    return (x - jnp.asarray(mean, jnp.float32).reshape(shape)) / jnp.asarray(std, jnp.float32).reshape(shape)
 
 
 def augment(x, key):

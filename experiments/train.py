@@ -28,7 +28,7 @@ def _mesh_shardings(batch_size: int, eval_batch_size: int):
     for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
         if size % n:
             raise UserError(f"{name} {size} is not divisible by the {n} devices; change --{name}")
-    mesh = jax.make_mesh((n,), ("data",))
+    mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
 
