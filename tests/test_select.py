@@ -1,0 +1,145 @@
+"""The threshold-selection kernel against a sort-based reference, ties included."""
+
+import chex
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings
+
+import ggr_jax as gj
+
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+def reference(keys, eligible, k, *, per_leaf):
+    """Sort-based top-k: largest key first, ties by leaf order then flat index."""
+    keys = [np.asarray(x).ravel().astype(np.int64) for x in keys]
+    eligible = [np.asarray(e).ravel() for e in eligible]
+    out = [np.zeros(x.shape, bool) for x in keys]
+    groups = [[i] for i in range(len(keys))] if per_leaf else [list(range(len(keys)))]
+    for g, leaves in enumerate(groups):
+        entries = sorted(
+            (-int(keys[i][j]), i, j) for i in leaves for j in np.flatnonzero(eligible[i])
+        )
+        kk = int(k[g]) if per_leaf else int(k)
+        for _, i, j in entries[: max(kk, 0)]:
+            out[i][j] = True
+    return out
+
+
+def test_order_key_is_monotone():
+    normal = np.array([-np.inf, -3e38, -1.0, -1e-30, 0.0, 1e-30, 1.0, 3e38, np.inf], np.float32)
+    keys = gj.order_key(jnp.asarray(normal))
+    assert keys.dtype == jnp.uint32
+    assert np.all(np.diff(np.asarray(keys).astype(np.int64)) > 0)
+    # -0.0 and 0.0 are equal; denormals sit between their neighbours (XLA may flush them to 0)
+    around_zero = np.array([-1e-30, -1e-45, -0.0, 0.0, 1e-45, 1e-30], np.float32)
+    k0 = np.asarray(gj.order_key(jnp.asarray(around_zero))).astype(np.int64)
+    assert k0[2] == k0[3]
+    assert np.all(np.diff(k0) >= 0) and k0[0] < k0[2] < k0[-1]
+    nan_key = int(gj.order_key(jnp.float32(np.nan)))
+    assert nan_key > int(keys[-1])  # NaN above +inf (callers reject non-finite input)
+    # bf16 input: same order as its float32 value
+    b = jnp.asarray([-2.0, 0.5, 3.0], jnp.bfloat16)
+    assert np.all(np.diff(np.asarray(gj.order_key(b)).astype(np.int64)) > 0)
+
+
+def test_all_ties_take_lowest_indices_in_leaf_order():
+    keys = [jnp.full((2, 3), 7, jnp.uint32), jnp.full((4,), 7, jnp.uint32)]
+    elig = [jnp.ones((2, 3), bool), jnp.ones(4, bool)]
+    out = gj.top_k_global(keys, elig, jnp.int32(8))
+    np.testing.assert_array_equal(out[0], np.ones((2, 3), bool))
+    np.testing.assert_array_equal(out[1], [True, True, False, False])
+    out = gj.top_k_per_leaf(keys, elig, jnp.array([4, 1], jnp.int32))
+    np.testing.assert_array_equal(out[0], [[True, True, True], [True, False, False]])
+    np.testing.assert_array_equal(out[1], [True, False, False, False])
+
+
+def test_extreme_keys_and_counts():
+    top = np.uint32(0xFFFFFFFF)
+    keys = [jnp.array([top, 0, top, 5], jnp.uint32)]
+    elig = [jnp.array([True, True, True, False])]
+    for k, want in [(0, [0, 0, 0, 0]), (1, [1, 0, 0, 0]), (2, [1, 0, 1, 0]), (3, [1, 1, 1, 0]),
+                    (99, [1, 1, 1, 0]), (-3, [0, 0, 0, 0])]:
+        np.testing.assert_array_equal(gj.top_k_global(keys, elig, jnp.int32(k))[0],
+                                      np.array(want, bool), err_msg=f"k={k}")
+    nothing = gj.top_k_per_leaf(keys, [jnp.zeros(4, bool)], jnp.array([2], jnp.int32))
+    assert not bool(nothing[0].any())
+    assert gj.top_k_global([], [], jnp.int32(3)) == []
+
+
+def test_traced_k_does_not_retrace():
+    rng = np.random.default_rng(0)
+    keys = [gj.order_key(jnp.asarray(rng.normal(size=s), jnp.float32)) for s in [(5, 4), (3,)]]
+    elig = [jnp.asarray(rng.random(s) < 0.7) for s in [(5, 4), (3,)]]
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def select(k):
+        return gj.top_k_global(keys, elig, k)
+
+    for k in [0, 3, 7, 50]:
+        got = select(jnp.int32(k))
+        want = reference(keys, elig, k, per_leaf=False)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(g).ravel(), w)
+
+
+# --- property: equal to the sort-based reference ----------------------------------------------
+
+SHAPE_MENU = [[(6, 5)], [(4, 3), (7,), (2, 2, 3)], [(1, 1), (33,)]]
+_GLOBAL = jax.jit(gj.top_k_global)
+_PER_LEAF = jax.jit(gj.top_k_per_leaf)
+
+
+@st.composite
+def selection_problems(draw):
+    shapes = draw(st.sampled_from(SHAPE_MENU))
+    kind = draw(st.sampled_from(["small_ints", "floats", "raw_uint32"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    keys, elig = [], []
+    for s in shapes:
+        if kind == "small_ints":  # many ties
+            vals = rng.integers(-2, 3, size=s).astype(np.float32)
+            keys.append(gj.order_key(jnp.asarray(vals)))
+        elif kind == "floats":
+            keys.append(gj.order_key(jnp.asarray(rng.normal(size=s), jnp.float32)))
+        else:  # the whole uint32 range, including both ends
+            raw = rng.integers(0, 2**32, size=s, dtype=np.uint64)
+            raw[rng.random(s) < 0.2] = 2**32 - 1
+            raw[rng.random(s) < 0.2] = 0
+            keys.append(jnp.asarray(raw.astype(np.uint32)))
+        elig.append(jnp.asarray(rng.random(s) < draw(st.sampled_from([0.0, 0.5, 1.0]))))
+    return keys, elig
+
+
+def counts(n):
+    """k in [-2, n + 2], with the edges 0 and n drawn often."""
+    return st.one_of(st.sampled_from([0, n]), st.integers(-2, n + 2))
+
+
+@SETTINGS
+@given(problem=selection_problems(), data=st.data())
+def test_top_k_global_equals_reference(problem, data):
+    keys, elig = problem
+    n = sum(int(np.size(x)) for x in keys)
+    k = data.draw(counts(n))
+    got = _GLOBAL(keys, elig, jnp.int32(k))
+    want = reference(keys, elig, k, per_leaf=False)
+    for g, w, x in zip(got, want, keys):
+        assert g.dtype == jnp.bool_ and g.shape == x.shape
+        np.testing.assert_array_equal(np.asarray(g).ravel(), w)
+
+
+@SETTINGS
+@given(problem=selection_problems(), data=st.data())
+def test_top_k_per_leaf_equals_reference(problem, data):
+    keys, elig = problem
+    k = np.array([data.draw(counts(int(np.size(x)))) for x in keys], np.int32)
+    got = _PER_LEAF(keys, elig, jnp.asarray(k))
+    want = reference(keys, elig, k, per_leaf=True)
+    for g, w, x in zip(got, want, keys):
+        assert g.dtype == jnp.bool_ and g.shape == x.shape
+        np.testing.assert_array_equal(np.asarray(g).ravel(), w)
