@@ -186,8 +186,9 @@ def redistribute(
     """One topology update: prune by magnitude per layer, allocate regrowth, place it.
 
     A pure function: jit it, call it under ``lax.cond``, shard its inputs. The total number of
-    active weights is unchanged; pruned and regrown weights are exactly 0 in the returned params
-    (reset their optimizer state with :func:`reset_optimizer_state`).
+    active weights is unchanged; pruned weights and weights new to the masks are exactly 0 in the
+    returned params (reset their optimizer state with :func:`reset_optimizer_state`). A weight
+    pruned and regrown in the same update stays in the masks and keeps its value.
 
     Args:
       params: pytree of arrays.
@@ -316,7 +317,11 @@ def redistribute(
                 grow = [b | r for b, r in zip(by_grad, by_rand)]
 
         new_masks = [k | g for k, g in zip(kept, grow)]
-        new_weights = [jnp.where(k, w, jnp.zeros((), w.dtype)) for k, w in zip(kept, weights)]
+        # A weight pruned and regrown in the same update never leaves the mask: it keeps its value,
+        # as its optimizer state is kept by reset_optimizer_state(masks, new_masks) and as
+        # dynamic_sparse applies the update. Pruned weights and weights new to the mask are 0.
+        new_weights = [jnp.where(m & nm, w, jnp.zeros((), w.dtype))
+                       for m, nm, w in zip(masks_in, new_masks, weights)]
         return finish(new_masks, new_weights, n_drop, n_grow, False)
 
     if not skip_nonfinite:
