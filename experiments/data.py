@@ -191,7 +191,7 @@ def _from_tfds(name: str, data_dir: str | None, **kwargs) -> Dataset:
     train_split, test_split = _TFDS_SPLITS[name]
     try:
         train, test = tfds.data_source(name, split=[train_split, test_split], data_dir=data_dir,
-                                       **kwargs)
+                                       builder_kwargs={"file_format": "array_record"}, **kwargs)
         num_classes = train.dataset_info.features["label"].num_classes
     except UserError:
         raise
