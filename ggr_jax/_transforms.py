@@ -204,7 +204,8 @@ def dynamic_sparse(
         updates = apply_masks(updates, masks_now)
         signal, count = state.signal, state.signal_count + 1
         if method.needs_momentum:
-            signal = map_sparse(lambda m, s, g: momentum_decay * s + (1 - momentum_decay) * g,
+            signal = map_sparse(lambda m, s, g: momentum_decay * s
+                                + (1 - momentum_decay) * g.astype(jnp.float32),
                                 masks_now, signal, grads)
         elif method.signal == "accumulated":
             signal = map_sparse(lambda m, s, g: s + jnp.abs(g).astype(jnp.float32),
