@@ -84,8 +84,13 @@ def _run_cell(grid: dict, cell: dict, workdir: str) -> dict | str:
             return json.load(f)
     cmd = _command(grid, cell, run_dir, resume=os.path.isdir(run_dir))
     os.makedirs(run_dir, exist_ok=True)
+    # Runs of one grid compile the same programs: share them through JAX's persistent cache.
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.abspath(workdir), "xla_cache"))
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     with open(os.path.join(run_dir, "log.txt"), "a") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              env=env)
     if proc.returncode != 0 or not os.path.exists(results_path):
         return f"{cell_name(cell)} failed (exit {proc.returncode}); see {run_dir}/log.txt"
     with open(results_path) as f:

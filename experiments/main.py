@@ -114,9 +114,13 @@ def _train(argv: list[str]) -> int:
 
     from experiments import methods, report, train  # heavy imports after the cheap checks
 
+    import jax
+
     methods.check(config)
+    n = jax.device_count()
     print(f"config {config.name}: {config.dataset}/{config.model}, methods {config.method}, "
-          f"init {config.init}, sparsity {config.sparsity:g}; workdir {workdir}", flush=True)
+          f"init {config.init}, sparsity {config.sparsity:g}; {n} {jax.default_backend()} "
+          f"device{'s' if n > 1 else ''}; workdir {workdir}", flush=True)
     start = time.time()
     results = train.train_methods(config, workdir, resume=args.resume,
                                   progress=not args.no_progress)

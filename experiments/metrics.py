@@ -51,6 +51,15 @@ class MetricsLog:
             f.write(json.dumps(_plain(record)) + "\n")
 
 
-def read(path: str) -> list[dict]:
+def read(path) -> list[dict]:
+    """All records; a last line cut short by a killed process is left out."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return records
