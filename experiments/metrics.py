@@ -36,19 +36,29 @@ def _plain(x):
 
 
 class MetricsLog:
-    """Appends records to ``path``; on resume, drops records past the restored step first."""
+    """Appends records to ``path``; on resume, first drops the records written after the restored
+    checkpoint (``resume_step`` = its optimizer step count; 0 when no checkpoint was restored)."""
 
     def __init__(self, path: str, resume_step: int | None = None):
         self.path = path
         if resume_step is not None and os.path.exists(path):
-            kept = [line for line in read(path) if line.get("step", 0) <= resume_step
-                    and line.get("type") != "final"]
+            kept = [r for r in read(path) if _before(r, resume_step)]
             with open(path, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(_plain(record)) + "\n")
+
+
+def _before(record: dict, step: int) -> bool:
+    """Whether a record precedes a checkpoint taken after ``step`` optimizer steps: a topology
+    update logged at step t happens inside step t, i.e. after the checkpoint at t."""
+    if record.get("type") == "final":
+        return False
+    if record.get("type") == "topology":
+        return record["step"] < step
+    return record.get("step", 0) <= step
 
 
 def read(path) -> list[dict]:

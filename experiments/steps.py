@@ -25,6 +25,7 @@ class TrainState(NamedTuple):
     opt_state: Any  # the masked optax chain's state
     momentum: Any  # SNFS: float32 EMA of gradients like params; () otherwise
     rng: jax.Array  # uint32[2] PRNG key data; step t uses fold_in(rng, t)
+    epoch_sums: jax.Array  # shape=(3,), float32: loss sum, correct predictions, steps this epoch
 
 
 class StepConfig(NamedTuple):
@@ -73,7 +74,7 @@ def create_train_state(config, model, tx, input_shape) -> TrainState:
     if method is not None and method.needs_momentum:
         momentum = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     return TrainState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}), masks,
-                      jax.jit(tx.init)(params), momentum, train_key)
+                      jax.jit(tx.init)(params), momentum, train_key, jnp.zeros(3, jnp.float32))
 
 
 def preprocess(images, mean, std):
@@ -154,10 +155,11 @@ def train_step(state: TrainState, batch, *, model, tx, cfg: StepConfig, topology
 
     updates, opt_state = tx.update(grads, opt_state, params, masks=masks)
     params = optax.apply_updates(params, updates)
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    sums = state.epoch_sums + jnp.stack([loss.astype(jnp.float32), correct, jnp.ones((), jnp.float32)])
     new_state = state._replace(step=step + 1, params=params, batch_stats=batch_stats, masks=masks,
-                               opt_state=opt_state, momentum=momentum)
-    metrics = {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == labels)}
-    return new_state, metrics, info
+                               opt_state=opt_state, momentum=momentum, epoch_sums=sums)
+    return new_state, {"loss": loss}, info
 
 
 def eval_step(params, batch_stats, batch, *, model, mean, std):

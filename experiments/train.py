@@ -104,7 +104,8 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False, progress: 
             state, meta = ckpts.restore(state)
             _check_resumable(meta["config"], config)
         start = int(state.step)
-        log = metrics.MetricsLog(metrics_path, resume_step=start if resume else None)
+        # On resume, keep the records up to the restored step (none when no checkpoint existed).
+        log = metrics.MetricsLog(metrics_path, resume_step=(start or -1) if resume else None)
         layer_size = metrics.per_layer(jax.tree.map(lambda m: m.size, state.masks))
         if start == 0:
             log.write({"type": "init", "step": 0, "epoch": 0.0,
@@ -132,25 +133,22 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False, progress: 
         batches = _prefetch(data.train_batches(ds, config.batch_size, config.seed, start),
                             batch_sharding)
         bar = _progress(progress, run_label(config), run_steps, start)
-        epoch_metrics = []
         for step in range(start, run_steps):
             update_now = dynamic and bool(methods.is_update_step(step, cfg.delta_t, cfg.t_end))
-            state, step_metrics, info = (update_step if update_now else plain_step)(
-                state, next(batches))
-            epoch_metrics.append(step_metrics)
+            state, _, info = (update_step if update_now else plain_step)(state, next(batches))
             if update_now:
                 log.write(_topology_record(step, steps_per_epoch, fraction_at(step), info,
                                            layer_size))
             done = step + 1
             if done % steps_per_epoch == 0 or done == run_steps:
-                sums, count = _summed(epoch_metrics), len(epoch_metrics)
+                loss_sum, correct, count = (float(v) for v in jax.device_get(state.epoch_sums))
+                state = state._replace(epoch_sums=jax.device_put(np.zeros(3, np.float32), replicated))
                 record = {"type": "eval", "step": done, "epoch": done / steps_per_epoch,
-                          "train_loss": sums["loss"] / count,
-                          "train_accuracy": sums["correct"] / (count * config.batch_size),
+                          "train_loss": loss_sum / count,
+                          "train_accuracy": correct / (count * config.batch_size),
                           "lr": float(lr_at(step)), "global_density": gj.global_density(state.masks),
                           **evaluate(state), "wall_s": time.time() - start_time}
                 log.write(record)
-                epoch_metrics = []
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}",
                                 test_acc=f"{record['test_accuracy']:.3f}")
             if _checkpoint_due(config, done, steps_per_epoch, run_steps):
