@@ -3,14 +3,24 @@
 Selecting the k largest entries (per leaf, or over all leaves taken together as GGR's global
 top-k requires) is done without sorting and without concatenating leaves:
 
-1. Each float score is mapped to an order-preserving ``uint32`` key.
-2. Bisection on the key finds the largest threshold ``t`` with ``count(key >= t) >= k``. Each step
-   is one comparison and one count per leaf, summed to a scalar: O(n) work per step, at most 32
-   steps, and every step is a plain reduction, so it shards across devices without gathering.
+1. Each float score is mapped to an order-preserving ``uint32`` key, and ineligible entries are
+   folded into key 0 once, so that a search pass reads one ``uint32`` array per leaf.
+2. Bisection on the key finds the largest threshold ``t`` with ``count(key >= t) >= k``. Each pass
+   is one comparison and one count per leaf, summed to a scalar: O(n) work per pass, at most 32
+   passes (it stops as soon as a count equals ``k``), and every pass is a plain reduction, so it
+   shards across devices without gathering.
 3. Entries tied at ``t`` are taken in leaf order, then by lowest flat index inside the leaf (a
-   second bisection, on the index), so the selected count is exactly ``k`` and deterministic.
+   second bisection, on the index, run only when some leaf must take part of its ties), so the
+   selected count is exactly ``k`` and deterministic.
 
 ``k`` may be traced (dynamic): there is no static upper bound as with ``lax.top_k``.
+
+Performance notes (measured on XLA:CPU, see ``benchmarks/``): a count is written as a sum over
+chunks of at most 32 entries of the last axis followed by a sum of the chunk totals, which XLA
+fuses with the comparison into one loop; a plain ``jnp.sum`` of a large boolean array is instead
+rewritten into a tree of reduce-windows that first materialises an ``int32`` copy of the
+predicate. Per-leaf counts at both ends of the bracket are carried through the search, so the
+selected count of every leaf is known without counting the result again.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import numpy as np
 from jax import lax
 
 _U32_MAX = np.uint32(0xFFFFFFFF)
+_CHUNK = 32  # XLA:CPU fuses a reduction over <= 32 entries with its producer
 
 
 def order_key(x: jax.Array) -> jax.Array:
@@ -50,8 +61,54 @@ def _flat_index(shape: Sequence[int]) -> jax.Array:
     return idx
 
 
+def _chunk(d: int, reserve: int = 7) -> int:
+    """A chunk length ``c`` (a divisor of ``d``, at most 32) for splitting an axis as ``(d / c, c)``.
+
+    A device holding a contiguous block of a power-of-two sharding of the axis must hold whole
+    chunks, or XLA's partitioner gathers the array. An odd ``c`` always divides the block; powers
+    of two are used only while ``d / c`` keeps a factor ``2**reserve`` (shardings up to 128 ways).
+    Returns 1 when no such chunk helps.
+    """
+    twos = (d & -d).bit_length() - 1
+    odd = d >> twos
+    best = 1
+    for o in range(1, min(odd, _CHUNK) + 1, 2):
+        if odd % o:
+            continue
+        c = o << min(max(twos - reserve, 0), (_CHUNK // o).bit_length() - 1)
+        best = max(best, c)
+    return best
+
+
 def _count(pred: jax.Array) -> jax.Array:
-    return jnp.sum(pred, dtype=jnp.int32)
+    """Number of True entries of ``pred`` (int32 scalar), as one fused, vectorised pass.
+
+    The first-level sum runs over axes of at most 32 entries that are not the last (contiguous)
+    axis: XLA:CPU fuses such a reduction with the producer of ``pred`` and vectorises it along the
+    last axis. (A plain ``jnp.sum`` of a large array is rewritten into a tree of reduce-windows that
+    first writes an ``int32`` copy of ``pred``.) Axes are split only into chunks that keep the
+    shards of a power-of-two sharding whole, so the count needs no gather (see :func:`_chunk`).
+    """
+    shape = pred.shape
+    if pred.ndim == 0:
+        return pred.astype(jnp.int32)
+    axes = [a for a in range(pred.ndim - 1) if shape[a] <= _CHUNK]
+    new_shape = list(shape)
+    if pred.ndim >= 2 and shape[-2] > _CHUNK:
+        c = _chunk(shape[-2])
+        if c > 1:
+            new_shape[-2:-1] = [shape[-2] // c, c]
+            axes.append(pred.ndim - 1)  # the chunk axis, in the new shape
+    elif pred.ndim == 1 and shape[0] > _CHUNK:
+        c = _chunk(shape[0])  # a vector: chunks of the last axis (fused, not vectorised)
+        if c > 1:
+            new_shape = [shape[0] // c, c]
+            axes.append(1)
+    if not axes:
+        return jnp.sum(pred, dtype=jnp.int32)
+    partial = jnp.sum(pred.reshape(new_shape), axis=tuple(axes), dtype=jnp.int32)
+    # The uint32 round trip keeps XLA from merging the two reductions back into one.
+    return jnp.sum(partial.astype(jnp.uint32), dtype=jnp.uint32).astype(jnp.int32)
 
 
 def _select(
@@ -60,82 +117,110 @@ def _select(
     k: jax.Array,
     groups: Sequence[int],
     num_groups: int,
-) -> list[jax.Array]:
-    """Selects, in each group of leaves, the ``k[g]`` eligible entries of largest key."""
+) -> tuple[list[jax.Array], jax.Array]:
+    """Selects, in each group of leaves, the ``k[g]`` eligible entries of largest key.
+
+    Returns the selection masks and the number of entries selected in each leaf.
+    """
     n = len(keys)
     groups_arr = np.asarray(groups)
+    members = [np.flatnonzero(groups_arr == g) for g in range(num_groups)]
 
-    def group_sum(per_leaf: Sequence[jax.Array]) -> jax.Array:
+    def group_sum(per_leaf: jax.Array) -> jax.Array:
         # Static scatter of per-leaf scalars into groups: a few scalar adds, no gather of arrays.
-        return jnp.stack(
-            [
-                sum((per_leaf[i] for i in np.flatnonzero(groups_arr == g)), jnp.int32(0))
-                for g in range(num_groups)
-            ]
-        )
+        return jnp.stack([sum((per_leaf[i] for i in members[g]), jnp.int32(0))
+                          for g in range(num_groups)])
+
+    def per_leaf(v: jax.Array) -> list[jax.Array]:
+        return [v[g] for g in groups]
+
+    # Ineligible entries become key 0. Every threshold tried is >= 1, so a count on the folded
+    # keys is exactly the count of eligible entries; the threshold 0 itself is never tried (its
+    # count is the number of eligible entries, known up front).
+    folded = [jnp.where(e, x, jnp.uint32(0)) for x, e in zip(keys, eligible)]
+    n_elig_leaf = jnp.stack([_count(e) for e in eligible])
+    n_elig = group_sum(n_elig_leaf)
+    k = jnp.clip(jnp.asarray(k, jnp.int32), 0, n_elig)
+    positive = k > 0
 
     def counts_ge(t: jax.Array) -> jax.Array:
-        return group_sum([_count(e & (x >= t[groups[i]])) for i, (x, e) in enumerate(zip(keys, eligible))])
+        tl = per_leaf(t)
+        return jnp.stack([_count(x >= tl[i]) for i, x in enumerate(folded)])
 
-    n_elig = group_sum([_count(e) for e in eligible])
-    k = jnp.clip(jnp.asarray(k, jnp.int32), 0, n_elig)
-
-    # Phase 1: per group, the largest t with count(key >= t) >= k (bisection on uint32).
-    # k == 0 starts (and ends) at the top key, where nothing lies strictly above.
+    # Phase 1: per group, the largest t with count(key >= t) >= k, by bisection on uint32.
+    # Invariant: t in [lo, hi]; per leaf, c_lo = count(key >= lo), c_hi = count(key > hi).
+    # k == 0 starts closed at the top key with empty counts (nothing is selected).
+    positive_leaf = jnp.stack(per_leaf(positive))
+    zeros = jnp.zeros((n,), jnp.int32)
     hi = jnp.full((num_groups,), _U32_MAX, jnp.uint32)
-    lo = jnp.where(k > 0, jnp.uint32(0), hi)
+    lo = jnp.where(positive, jnp.uint32(0), hi)
+    c_lo = jnp.where(positive_leaf, n_elig_leaf, zeros)
 
-    def open_groups(state):
-        lo, hi, cnt = state
-        return (lo < hi) & (cnt != k)
+    def open_groups(lo, hi, c_lo):
+        return (lo < hi) & (group_sum(c_lo) != k)
 
     def value_step(state):
-        lo, hi, cnt = state
-        active = open_groups(state)
-        mid = lo + (hi - lo) // 2 + jnp.uint32(1)
-        mid = jnp.where(active, mid, lo)
+        lo, hi, c_lo, c_hi = state
+        active = open_groups(lo, hi, c_lo)
+        mid = jnp.where(active, lo + (hi - lo) // 2 + jnp.uint32(1), lo)
         c = counts_ge(mid)
-        up = active & (c >= k)
-        down = active & (c < k)
+        up = active & (group_sum(c) >= k)
+        down = active & ~up
+        up_leaf, down_leaf = jnp.stack(per_leaf(up)), jnp.stack(per_leaf(down))
         return (
             jnp.where(up, mid, lo),
             jnp.where(down, mid - jnp.uint32(1), hi),
-            jnp.where(up, c, cnt),
+            jnp.where(up_leaf, c, c_lo),
+            jnp.where(down_leaf, c, c_hi),
         )
 
-    lo, hi, cnt = lax.while_loop(lambda s: jnp.any(open_groups(s)), value_step, (lo, hi, n_elig))
+    lo, hi, c_lo, c_hi = lax.while_loop(
+        lambda s: jnp.any(open_groups(*s[:3])), value_step, (lo, hi, c_lo, zeros))
     t = lo
-    # cnt == count(key >= t) >= k. Entries with key > t are all in; ties at t fill the rest.
-    above = [e & (x > t[groups[i]]) for i, (x, e) in enumerate(zip(keys, eligible))]
-    tied = [e & (x == t[groups[i]]) for i, (x, e) in enumerate(zip(keys, eligible))]
-    need = k - group_sum([_count(a) for a in above])  # per group, >= 0
-    tie_counts = [_count(tie) for tie in tied]
-    # Ties are taken leaf by leaf in leaf order: per-leaf take from the group's prefix sums.
+    # Entries with key > hi (c_hi per leaf) are all in; the rest comes from [lo, hi], which is
+    # either a single key value (ties) or a range whose count completes k exactly. Those entries
+    # are taken leaf by leaf in leaf order (prefix sums over the group's leaves).
+    need = k - group_sum(c_hi)
+    tie = c_lo - c_hi
     take = []
     before = [jnp.int32(0)] * num_groups
     for i in range(n):
         g = groups[i]
-        take.append(jnp.clip(need[g] - before[g], 0, tie_counts[i]))
-        before[g] = before[g] + tie_counts[i]
+        take.append(jnp.clip(need[g] - before[g], 0, tie[i]))
+        before[g] = before[g] + tie[i]
     take = jnp.stack(take)
-    tie_counts = jnp.stack(tie_counts)
-    sizes = jnp.asarray([int(np.prod(x.shape, dtype=np.int64)) for x in keys], jnp.int32)
+    full = (take > 0) & (take >= tie)  # every entry of [lo, hi] in this leaf is taken
+    partial = (take > 0) & (take < tie)  # only possible when lo == hi: ties at t, cut by flat index
+    t_leaf = per_leaf(t)
 
-    # Phase 2: per leaf, the smallest index bound j with count(tied & idx < j) >= take.
-    index = [_flat_index(x.shape) for x in keys]
-    jlo = jnp.where(take >= tie_counts, sizes, 0)
-    jhi = jnp.where(take <= 0, 0, sizes)
+    def fast_masks():
+        # key >= t (all of [lo, hi]) or key > t (none of it; lo == hi here).
+        return [e & jnp.where(full[i], x >= t_leaf[i], x > t_leaf[i])
+                for i, (x, e) in enumerate(zip(folded, eligible))]
 
-    def index_step(state):
-        jlo, jhi = state
-        active = jlo < jhi
-        mid = jlo + (jhi - jlo) // 2
-        c = jnp.stack([_count(tie & (ix < mid[i])) for i, (tie, ix) in enumerate(zip(tied, index))])
-        enough = active & (c >= take)
-        return jnp.where(active & ~enough, mid + 1, jlo), jnp.where(enough, mid, jhi)
+    def index_masks():
+        # Phase 2: per leaf, the smallest index bound j with count(tied & idx < j) >= take.
+        index = [_flat_index(x.shape) for x in keys]
+        tied = [e & (x == t_leaf[i]) for i, (x, e) in enumerate(zip(folded, eligible))]
+        sizes = jnp.asarray([int(np.prod(x.shape, dtype=np.int64)) for x in keys], jnp.int32)
+        jlo = jnp.where(partial, 0, jnp.where(full, sizes, 0))
+        jhi = jnp.where(partial, sizes, jlo)
 
-    jlo, _ = lax.while_loop(lambda s: jnp.any(s[0] < s[1]), index_step, (jlo, jhi))
-    return [a | (tie & (ix < jlo[i])) for i, (a, tie, ix) in enumerate(zip(above, tied, index))]
+        def index_step(state):
+            jlo, jhi = state
+            active = jlo < jhi
+            mid = jlo + (jhi - jlo) // 2
+            c = jnp.stack([_count(tie_ & (ix < mid[i]))
+                           for i, (tie_, ix) in enumerate(zip(tied, index))])
+            enough = active & (c >= take)
+            return jnp.where(active & ~enough, mid + 1, jlo), jnp.where(enough, mid, jhi)
+
+        jlo, _ = lax.while_loop(lambda s: jnp.any(s[0] < s[1]), index_step, (jlo, jhi))
+        return [e & ((x > t_leaf[i]) | ((x == t_leaf[i]) & (ix < jlo[i])))
+                for i, (x, e, ix) in enumerate(zip(folded, eligible, index))]
+
+    selected = lax.cond(jnp.any(partial), index_masks, fast_masks)
+    return selected, c_hi + take
 
 
 def top_k_per_leaf(
@@ -153,7 +238,7 @@ def top_k_per_leaf(
     """
     if not keys:
         return []
-    return _select(keys, eligible, k, list(range(len(keys))), len(keys))
+    return _select(keys, eligible, k, list(range(len(keys))), len(keys))[0]
 
 
 def top_k_global(
@@ -174,4 +259,4 @@ def top_k_global(
     """
     if not keys:
         return []
-    return _select(keys, eligible, jnp.reshape(k, (1,)), [0] * len(keys), 1)
+    return _select(keys, eligible, jnp.reshape(k, (1,)), [0] * len(keys), 1)[0]
