@@ -111,13 +111,13 @@ def test_existing_run_and_corrupt_checkpoint_are_not_overwritten(tmp_path, capsy
 
 def test_two_devices_train_data_parallel(tmp_path):
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    proc = run_cli("--method=ggr", "--num_epochs=2", "--delta_t=10", f"--workdir={tmp_path}",
-                   "--no-progress", env=env)
+    proc = run_cli("--method=ggr", "--num_epochs=3", "--delta_t=10", "--init=erk", "--sparsity=0.9",
+                   f"--workdir={tmp_path}", "--no-progress", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 cpu devices" in proc.stdout
     records = metrics.read(tmp_path / "ggr" / "metrics.jsonl")
     assert [r for r in records if r["type"] == "topology"]
-    assert records[-1]["test_accuracy"] > 0.3
+    assert records[-1]["test_accuracy"] > 0.2  # chance is 0.1
     proc = run_cli("--batch_size=33", f"--workdir={tmp_path / 'odd'}", env=env)
     assert proc.returncode == 2 and "not divisible by the 2 devices" in proc.stderr
 

@@ -1,6 +1,8 @@
-"""The default, offline job: MLP 64-300-100-10 on scikit-learn's digits at 95% sparsity.
+"""The default, offline job: MLP 64-300-100-10 on scikit-learn's digits at 98% sparsity.
 
-Trains a dense reference, RigL and GGR in about a minute on a 2-core CPU.
+Trains a dense reference, RigL and GGR in about a minute on a 2-core CPU. The initial densities are
+uniform (2% in every layer, which starves the 100x10 output layer): RigL keeps them, GGR moves
+connections to the layers whose gradients ask for them -- the paper's point in one minute.
 """
 
 from experiments.configs import default
@@ -12,8 +14,8 @@ def get_config():
     c.model = "mlp"
     c.hidden = (300, 100)
     c.method = "dense,rigl,ggr"
-    c.init = "erk"
-    c.sparsity = 0.95
+    c.init = "uniform"
+    c.sparsity = 0.98
     c.batch_size = 32
     c.eval_batch_size = 360
     c.num_epochs = 40
