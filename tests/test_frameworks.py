@@ -61,7 +61,7 @@ def end_to_end(params, loss, x, y, *, expect_sparse, min_active=None):
         check_zero_outside(params, masks)
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
 
-    grads = jax.grad(loss)(params, x, y)  # dense: inactive weights have gradients too
+    grads = jax.jit(jax.grad(loss))(params, x, y)  # dense: inactive weights have gradients too
     redistribute = jax.jit(gj.redistribute, static_argnames=("method", "min_active"))
     new_params, new_masks, info = redistribute(params, masks, grads, jax.random.key(1),
                                                method=gj.ggr(), fraction=0.3, min_active=min_active)
@@ -109,8 +109,7 @@ class LinenCNN(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = nn.relu(nn.Conv(4, (3, 3))(x))
-        x = x.reshape((x.shape[0], -1))
-        x = nn.LayerNorm()(nn.Dense(16)(x))
+        x = nn.LayerNorm()(x.reshape((x.shape[0], -1)))
         return nn.Dense(3)(x)
 
 
@@ -123,7 +122,7 @@ def test_flax_linen():
         return xent(model.apply({"params": params}, x), y)
 
     params, masks = end_to_end(params, loss, x, y,
-                               expect_sparse=["Conv_0/kernel", "Dense_0/kernel", "Dense_1/kernel"])
+                               expect_sparse=["Conv_0/kernel", "Dense_0/kernel"])
     assert masks["LayerNorm_0"]["scale"] is None and masks["Dense_0"]["bias"] is None
     assert model.apply({"params": params}, x).shape == (16, 3)
 
@@ -153,7 +152,7 @@ def test_flax_nnx():
 
 
 def test_equinox():
-    model = eqx.nn.MLP(10, 3, 16, depth=2, key=jax.random.key(0))
+    model = eqx.nn.MLP(10, 3, 16, depth=1, key=jax.random.key(0))
     params, static = eqx.partition(model, eqx.is_inexact_array)
     x, y = data(jax.random.key(2), (10,))
 
@@ -162,7 +161,7 @@ def test_equinox():
 
     # Equinox weights are (out, in): one weight per output unit is shape[0], not the default
     params, masks = end_to_end(params, loss, x, y, min_active=lambda path, shape: shape[0],
-                               expect_sparse=["layers/0/weight", "layers/1/weight", "layers/2/weight"])
+                               expect_sparse=["layers/0/weight", "layers/1/weight"])
     model = eqx.combine(params, static)
     assert not bool(jnp.where(masks.layers[0].weight, 0, model.layers[0].weight).any())
     assert masks.layers[0].bias is None

@@ -123,10 +123,10 @@ def train(tx, params, steps, seed=2, check=None):
 
 
 def test_dynamic_sparse_every_optimizer(optimizer):
-    battery(optimizer, "ggr")
+    battery(optimizer, "rigl")  # the cheapest to compile; the methods are covered below
 
 
-@pytest.mark.parametrize("method_name", sorted(set(METHODS) - {"ggr"}))
+@pytest.mark.parametrize("method_name", sorted(set(METHODS) - {"rigl"}))
 def test_dynamic_sparse_every_method(method_name):
     battery(optax.sgd(0.1, momentum=0.9), method_name)
 
