@@ -9,7 +9,6 @@ finished runs and resumes unfinished ones). Writes ``results.jsonl`` (one line p
 ``results.md`` (mean ± std over seeds), ``accuracy_vs_sparsity.png`` and ``density_over_time.png``.
 """
 
-import argparse
 import concurrent.futures
 import json
 import os
@@ -38,7 +37,9 @@ def _parser():
     p.add_argument("--sparsities", default=None, help="comma-separated, e.g. 0.9,0.95")
     p.add_argument("--seeds", default=None, help="comma-separated, e.g. 0,1,2")
     p.add_argument("--workers", type=int, default=0, help="parallel processes (default: CPU cores)")
-    p.add_argument("--workdir", default=None, help="output folder (default runs/compare/<grid>/<time>)")
+    p.add_argument(
+        "--workdir", default=None, help="output folder (default runs/compare/<grid>/<time>)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the grid in --workdir")
     return p
 
@@ -64,9 +65,22 @@ def cell_name(cell: dict) -> str:
 
 
 def _command(grid: dict, cell: dict, run_dir: str, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "experiments.train", "--config", grid["config"], "--workdir",
-           run_dir, "--no-progress", "--method", cell["method"], "--init", cell["init"],
-           "--seed", str(cell["seed"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "--config",
+        grid["config"],
+        "--workdir",
+        run_dir,
+        "--no-progress",
+        "--method",
+        cell["method"],
+        "--init",
+        cell["init"],
+        "--seed",
+        str(cell["seed"]),
+    ]
     if cell["method"] != "dense":
         cmd += ["--sparsity", repr(cell["sparsity"])]
     for key, value in grid["overrides"].items():
@@ -89,8 +103,9 @@ def _run_cell(grid: dict, cell: dict, workdir: str) -> dict | str:
     env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.abspath(workdir), "xla_cache"))
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     with open(os.path.join(run_dir, "log.txt"), "a") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              env=env)
+        proc = subprocess.run(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
     if proc.returncode != 0 or not os.path.exists(results_path):
         return f"{cell_name(cell)} failed (exit {proc.returncode}); see {run_dir}/log.txt"
     with open(results_path) as f:
@@ -98,7 +113,7 @@ def _run_cell(grid: dict, cell: dict, workdir: str) -> dict | str:
 
 
 def run_grid(grid: dict, workdir: str, workers: int = 0, progress: bool = True) -> list[dict]:
-    """Runs every cell (skipping finished ones) and writes the summary files; returns the results."""
+    """Runs every cell (skipping finished ones), writes the summary files, returns the results."""
     from tqdm.auto import tqdm
 
     from experiments import metrics, plots, report
@@ -108,8 +123,13 @@ def run_grid(grid: dict, workdir: str, workers: int = 0, progress: bool = True) 
     results, failures = [], []
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
         futures = [pool.submit(_run_cell, grid, c, workdir) for c in todo]
-        for fut in tqdm(concurrent.futures.as_completed(futures), total=len(futures), unit="run",
-                        desc="grid", disable=not progress):
+        for fut in tqdm(
+            concurrent.futures.as_completed(futures),
+            total=len(futures),
+            unit="run",
+            desc="grid",
+            disable=not progress,
+        ):
             out = fut.result()
             (failures if isinstance(out, str) else results).append(out)
     results.sort(key=lambda r: (r["method"], r["init"], r["sparsity"], r["seed"]))
@@ -118,10 +138,17 @@ def run_grid(grid: dict, workdir: str, workers: int = 0, progress: bool = True) 
     rows = report.summarize(results)
     title = f"# {grid['config']}: {len(results)} runs\n\n"
     with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(title + report.summary_table(rows) + "\n\n## Runs\n\n"
-                + report.results_table(results) + "\n")
+        f.write(
+            title
+            + report.summary_table(rows)
+            + "\n\n## Runs\n\n"
+            + report.results_table(results)
+            + "\n"
+        )
     sparse_rows = [r for r in rows if r["method"] != "dense"]
-    plots.accuracy_vs_sparsity(sparse_rows or rows, os.path.join(workdir, "accuracy_vs_sparsity.png"))
+    plots.accuracy_vs_sparsity(
+        sparse_rows or rows, os.path.join(workdir, "accuracy_vs_sparsity.png")
+    )
     # The central figure for the first seed at the highest sparsity of each sparse method.
     top = max((c["sparsity"] for c in todo), default=0.0)
     runs = {}
@@ -145,8 +172,14 @@ def _compare(argv: list[str]) -> int:
     if args.grid:
         grid = grids.get_grid(args.grid)
     elif args.config:
-        grid = dict(config=args.config, methods=("dense", "rigl", "ggr"), inits=("erk",),
-                    sparsities=(0.95,), seeds=(0,), overrides={})
+        grid = dict(
+            config=args.config,
+            methods=("dense", "rigl", "ggr"),
+            inits=("erk",),
+            sparsities=(0.95,),
+            seeds=(0,),
+            overrides={},
+        )
     else:
         raise UserError("name a --grid or a --config to compare")
     if args.config:
@@ -175,8 +208,10 @@ def _compare(argv: list[str]) -> int:
     name = args.grid or grid["config"]
     workdir = args.workdir or os.path.join("runs", "compare", name, time.strftime("%Y%m%d-%H%M%S"))
     if os.path.isdir(workdir) and os.listdir(workdir) and not args.resume:
-        raise UserError(f"workdir {workdir} already holds a grid; pass --resume to continue it or "
-                        "choose another --workdir")
+        raise UserError(
+            f"workdir {workdir} already holds a grid; pass --resume to continue it or "
+            "choose another --workdir"
+        )
     if args.resume and not os.path.isdir(workdir):
         raise UserError(f"--resume: workdir {workdir} does not exist")
     os.makedirs(workdir, exist_ok=True)
@@ -187,8 +222,10 @@ def _compare(argv: list[str]) -> int:
     from experiments import report
 
     print(report.summary_table(report.summarize(results)))
-    print(f"\nwrote {workdir}/results.jsonl, results.md, accuracy_vs_sparsity.png, "
-          f"density_over_time.png ({time.time() - start:.1f} s)")
+    print(
+        f"\nwrote {workdir}/results.jsonl, results.md, accuracy_vs_sparsity.png, "
+        f"density_over_time.png ({time.time() - start:.1f} s)"
+    )
     return 0
 
 

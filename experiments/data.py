@@ -4,8 +4,8 @@ Sources, chosen by ``config.data_source``:
 
 * ``digits``: scikit-learn's bundled ``load_digits`` (8x8 images, offline, always available).
 * ``local``: files in ``config.data_dir``: Fashion-MNIST IDX files (``*-idx?-ubyte[.gz]``),
-  CIFAR-100 ``cifar-100-python[.tar.gz]``, Tiny-ImageNet ``tiny-imagenet-200[.zip]`` (prepared once by
-  our TFDS builder into ``<data_dir>/tfds``).
+  CIFAR-100 ``cifar-100-python[.tar.gz]``, Tiny-ImageNet ``tiny-imagenet-200[.zip]`` (prepared
+  once by our TFDS builder into ``<data_dir>/tfds``).
 * ``tfds``: ``tfds.data_source`` (ArrayRecord, numpy out), downloading when needed; also what
   ``tfds.testing.mock_data`` intercepts in tests.
 * ``auto``: ``local`` when ``data_dir`` is set (or, for Fashion-MNIST, when Debian's
@@ -89,8 +89,15 @@ def _stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def _make(train_x, train_y, test_x, test_y, num_classes) -> Dataset:
     mean, std = _stats(train_x[:10000])
-    return Dataset(train_x, train_y.astype(np.int32), test_x, test_y.astype(np.int32),
-                   int(num_classes), mean, std)
+    return Dataset(
+        train_x,
+        train_y.astype(np.int32),
+        test_x,
+        test_y.astype(np.int32),
+        int(num_classes),
+        mean,
+        std,
+    )
 
 
 def _digits() -> Dataset:
@@ -99,8 +106,9 @@ def _digits() -> Dataset:
 
     d = load_digits()
     x = d.images.astype(np.float32)[..., None]  # (1797, 8, 8, 1), values 0..16
-    tr_x, te_x, tr_y, te_y = train_test_split(x, d.target, test_size=0.2, random_state=0,
-                                              stratify=d.target)
+    tr_x, te_x, tr_y, te_y = train_test_split(
+        x, d.target, test_size=0.2, random_state=0, stratify=d.target
+    )
     return _make(tr_x, tr_y, te_x, te_y, 10)
 
 
@@ -118,7 +126,9 @@ def read_idx(path: str) -> np.ndarray:
     dims = np.frombuffer(raw, ">i4", count=ndim, offset=4)
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise UserError(f"{path} is truncated: expected {int(np.prod(dims))} values, got {data.size}")
+        raise UserError(
+            f"{path} is truncated: expected {int(np.prod(dims))} values, got {data.size}"
+        )
     return data.reshape(tuple(int(d) for d in dims))
 
 
@@ -126,8 +136,10 @@ def _find(folder: str, stem: str) -> str:
     for name in (stem, stem + ".gz"):
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
-    raise UserError(f"{folder!r} has no {stem}[.gz]; put the Fashion-MNIST IDX files there "
-                    "(or apt install dataset-fashion-mnist)")
+    raise UserError(
+        f"{folder!r} has no {stem}[.gz]; put the Fashion-MNIST IDX files there "
+        "(or apt install dataset-fashion-mnist)"
+    )
 
 
 def _fashion_mnist_idx(folder: str) -> Dataset:
@@ -169,8 +181,11 @@ def _cifar100_python(folder: str) -> Dataset:
 # ----------------------------------------------------------------------------- TFDS
 
 
-_TFDS_SPLITS = {"fashion_mnist": ("train", "test"), "cifar100": ("train", "test"),
-                "tiny_imagenet": ("train", "validation")}
+_TFDS_SPLITS = {
+    "fashion_mnist": ("train", "test"),
+    "cifar100": ("train", "test"),
+    "tiny_imagenet": ("train", "validation"),
+}
 
 
 def _source_to_numpy(source) -> tuple[np.ndarray, np.ndarray]:
@@ -190,20 +205,28 @@ def _from_tfds(name: str, data_dir: str | None, **kwargs) -> Dataset:
         from experiments.tiny_imagenet import tiny_imagenet_dataset_builder  # noqa: F401 (registers)
     train_split, test_split = _TFDS_SPLITS[name]
     try:
-        train, test = tfds.data_source(name, split=[train_split, test_split], data_dir=data_dir,
-                                       builder_kwargs={"file_format": "array_record"}, **kwargs)
+        train, test = tfds.data_source(
+            name,
+            split=[train_split, test_split],
+            data_dir=data_dir,
+            builder_kwargs={"file_format": "array_record"},
+            **kwargs,
+        )
         num_classes = train.dataset_info.features["label"].num_classes
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 (any TFDS failure becomes one line naming the fix)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         hint = {
-            "fashion_mnist": "pass --data_dir with the IDX files or apt install dataset-fashion-mnist",
+            "fashion_mnist": "pass --data_dir with the IDX files or apt install "
+            "dataset-fashion-mnist",
             "cifar100": "pass --data_dir with cifar-100-python.tar.gz, or install tensorflow-cpu "
             "so TFDS can build it",
             "tiny_imagenet": "pass --data_dir with tiny-imagenet-200.zip",
         }[name]
-        raise UserError(f"could not load {name} with TFDS ({type(e).__name__}: {first}); {hint}")
+        raise UserError(
+            f"could not load {name} with TFDS ({type(e).__name__}: {first}); {hint}"
+        ) from None
     tr_x, tr_y = _source_to_numpy(train)
     te_x, te_y = _source_to_numpy(test)
     return _make(tr_x, tr_y, te_x, te_y, num_classes)
@@ -217,8 +240,11 @@ def _tiny_imagenet_local(folder: str) -> Dataset:
     if not b.find_source(folder):
         raise UserError(f"{folder!r} has neither tiny-imagenet-200/ nor tiny-imagenet-200.zip")
     config = tfds.download.DownloadConfig(manual_dir=folder)
-    return _from_tfds("tiny_imagenet", os.path.join(folder, "tfds"),
-                      download_and_prepare_kwargs={"download_config": config})
+    return _from_tfds(
+        "tiny_imagenet",
+        os.path.join(folder, "tfds"),
+        download_and_prepare_kwargs={"download_config": config},
+    )
 
 
 # ----------------------------------------------------------------------------- batches
@@ -229,9 +255,10 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def train_batches(ds: Dataset, batch_size: int, seed: int, start_step: int = 0
-                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yields (images, labels) batches from ``start_step`` on, forever; drops each epoch's remainder."""
+def train_batches(
+    ds: Dataset, batch_size: int, seed: int, start_step: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields (images, labels) batches from ``start_step`` on, forever; drops each epoch's rest."""
     n = ds.train_images.shape[0]
     steps_per_epoch = n // batch_size
     if steps_per_epoch == 0:
@@ -241,23 +268,24 @@ def train_batches(ds: Dataset, batch_size: int, seed: int, start_step: int = 0
         epoch, i = divmod(step, steps_per_epoch)
         order = epoch_order(seed, epoch, n)
         for j in range(i, steps_per_epoch):
-            idx = np.sort(order[j * batch_size:(j + 1) * batch_size])
+            idx = np.sort(order[j * batch_size : (j + 1) * batch_size])
             yield ds.train_images[idx], ds.train_labels[idx]
         step = (epoch + 1) * steps_per_epoch
 
 
-def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, max_batches: int = -1
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def eval_batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, max_batches: int = -1
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yields fixed-size (images, labels, valid) batches; the last one is zero-padded."""
     n = images.shape[0]
     for k, start in enumerate(range(0, n, batch_size)):
         if 0 < max_batches <= k:
             return
-        x, y = images[start:start + batch_size], labels[start:start + batch_size]
+        x, y = images[start : start + batch_size], labels[start : start + batch_size]
         valid = np.ones(batch_size, bool)
         if x.shape[0] < batch_size:
             pad = batch_size - x.shape[0]
-            valid[x.shape[0]:] = False
+            valid[x.shape[0] :] = False
             x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
             y = np.concatenate([y, np.zeros((pad,), y.dtype)])
         yield x, y, valid

@@ -2,4 +2,4 @@
 
 
 class UserError(Exception):
-    """Bad input the user can fix: unknown config or flag value, missing data, unreadable checkpoint."""
+    """Bad input the user can fix: unknown config or flag value, missing data, broken checkpoint."""

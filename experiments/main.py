@@ -57,8 +57,10 @@ def apply_overrides(config, args: list[str]) -> None:
         i += 1
         field = name.removeprefix("config.").replace("-", "_")
         if field not in config or field == "name":
-            raise UserError(f"unknown flag --{name} for config {config.name!r}; known fields: "
-                            + ", ".join(k for k in config if k != "name"))
+            raise UserError(
+                f"unknown flag --{name} for config {config.name!r}; known fields: "
+                + ", ".join(k for k in config if k != "name")
+            )
         config[field] = _parse_value(field, value, config[field])
 
 
@@ -69,11 +71,19 @@ def build_config(name: str, overrides: list[str]):
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m experiments.train", description=(
-        "Train dense and dynamic sparse networks (GGR, RigL, SET, SNFS, static). Any config field "
-        "is a flag too: --method ggr,rigl --sparsity 0.98 --init uniform --num_epochs 5 ..."))
-    p.add_argument("--config", default=configs.DEFAULT,
-                   help=f"one of: {', '.join(configs.NAMES)} (default {configs.DEFAULT})")
+    p = _Parser(
+        prog="python -m experiments.train",
+        description=(
+            "Train dense and dynamic sparse networks (GGR, RigL, SET, SNFS, static). "
+            "Any config field "
+            "is a flag too: --method ggr,rigl --sparsity 0.98 --init uniform --num_epochs 5 ..."
+        ),
+    )
+    p.add_argument(
+        "--config",
+        default=configs.DEFAULT,
+        help=f"one of: {', '.join(configs.NAMES)} (default {configs.DEFAULT})",
+    )
     p.add_argument("--workdir", default=None, help="output folder (default runs/<config>/<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -112,21 +122,27 @@ def _train(argv: list[str]) -> int:
     if args.resume and not os.path.isdir(workdir):
         raise UserError(f"--resume: workdir {workdir} does not exist")
 
-    from experiments import methods, report, train  # heavy imports after the cheap checks
-
     import jax
+
+    from experiments import methods, report, train  # heavy imports after the cheap checks
 
     methods.check(config)
     n = jax.device_count()
-    print(f"config {config.name}: {config.dataset}/{config.model}, methods {config.method}, "
-          f"init {config.init}, sparsity {config.sparsity:g}; {n} {jax.default_backend()} "
-          f"device{'s' if n > 1 else ''}; workdir {workdir}", flush=True)
+    print(
+        f"config {config.name}: {config.dataset}/{config.model}, methods {config.method}, "
+        f"init {config.init}, sparsity {config.sparsity:g}; {n} {jax.default_backend()} "
+        f"device{'s' if n > 1 else ''}; workdir {workdir}",
+        flush=True,
+    )
     start = time.time()
-    results = train.train_methods(config, workdir, resume=args.resume,
-                                  progress=not args.no_progress)
+    results = train.train_methods(
+        config, workdir, resume=args.resume, progress=not args.no_progress
+    )
     print()
     print(report.results_table(results))
     print()
-    print(f"wrote {workdir}/results.md, density_over_time.png, accuracy.png and per-method "
-          f"metrics.jsonl + checkpoints ({time.time() - start:.1f} s)")
+    print(
+        f"wrote {workdir}/results.md, density_over_time.png, accuracy.png and per-method "
+        f"metrics.jsonl + checkpoints ({time.time() - start:.1f} s)"
+    )
     return 0

@@ -1,4 +1,4 @@
-"""From config fields to ggr_jax objects: the method, the initial masks, the optimizer, the schedules."""
+"""From config fields to ggr_jax objects: method, initial masks, optimizer, schedules."""
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,9 @@ def check(config) -> None:
 
     def choice(field, allowed):
         if config[field] not in allowed:
-            raise UserError(f"unknown {field} {config[field]!r}; choose one of: {', '.join(allowed)}")
+            raise UserError(
+                f"unknown {field} {config[field]!r}; choose one of: {', '.join(allowed)}"
+            )
 
     for m in split_methods(config.method):
         if m not in METHODS:
@@ -59,16 +61,15 @@ def is_dynamic(method: gj.Method | None) -> bool:
     return method is not None and method.allocate != "none"
 
 
-def initial_masks(config, params, key):
+def initial_masks(params, key, *, method: str, init: str, sparsity: float, dense_first: bool):
     """Masks of the initial topology: all-True for dense, else uniform or ERK densities."""
     spec = gj.sparsifiable(params)
-    if config.method == "dense":
+    if method == "dense":
         return jax.tree.map(lambda p, s: jnp.ones(p.shape, bool) if s else None, params, spec)
-    if config.init == "erk":
-        densities = gj.erk_densities(params, config.sparsity, spec=spec)
+    if init == "erk":
+        densities = gj.erk_densities(params, sparsity, spec=spec)
     else:
-        densities = gj.uniform_densities(params, config.sparsity, spec=spec,
-                                         dense_first=config.dense_first)
+        densities = gj.uniform_densities(params, sparsity, spec=spec, dense_first=dense_first)
     return gj.random_masks(params, densities, key)
 
 
@@ -79,8 +80,10 @@ def learning_rate(config, steps_per_epoch: int) -> optax.Schedule:
     if config.lr_schedule == "cosine":
         main = optax.cosine_decay_schedule(lr, max(total - warmup, 1))
     elif config.lr_schedule == "step":
-        bounds = {int(e * steps_per_epoch) - warmup: config.lr_decay_factor
-                  for e in config.lr_decay_epochs}
+        bounds = {
+            int(e * steps_per_epoch) - warmup: config.lr_decay_factor
+            for e in config.lr_decay_epochs
+        }
         main = optax.piecewise_constant_schedule(lr, bounds)
     else:
         main = optax.constant_schedule(lr)
@@ -111,7 +114,7 @@ def is_update_step(step, delta_t: int, t_end: int):
 
 
 def make_optimizer(config, method: gj.Method | None, steps_per_epoch: int):
-    """Masked optimizer: (|g| accumulation) -> mask grads -> weight decay -> SGD/Adam -> mask updates."""
+    """Masked optimizer: (|g| sums) -> mask grads -> weight decay -> SGD/Adam -> mask updates."""
     lr = learning_rate(config, steps_per_epoch)
     parts = []
     if method is not None and method.signal == "accumulated":

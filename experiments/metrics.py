@@ -1,4 +1,4 @@
-"""Metrics as JSON lines: one record per line with a ``type`` (init, train, eval, topology, final)."""
+"""Metrics as JSON lines: one record per line with a ``type`` (init, eval, topology, final)."""
 
 import json
 import os

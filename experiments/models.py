@@ -1,7 +1,7 @@
 """Flax Linen models: MLP (LeNet-300-100), LeNet-5, and CIFAR-style VGG16 and MobileNetV2.
 
-Every model is called as ``model.apply(variables, images, train=...)`` on NHWC float images; the CNNs
-carry BatchNorm statistics in the ``batch_stats`` collection.
+Every model is called as ``model.apply(variables, images, train=...)`` on NHWC float images; the
+CNNs carry BatchNorm statistics in the ``batch_stats`` collection.
 """
 
 from collections.abc import Sequence
@@ -53,7 +53,7 @@ _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 51
 
 
 class VGG16(nn.Module):
-    """CIFAR-style VGG16 with BatchNorm: 13 conv layers, global average pooling, one dense classifier."""
+    """CIFAR-style VGG16 with BatchNorm: 13 convs, global average pooling, one dense classifier."""
 
     num_classes: int
 
@@ -80,7 +80,9 @@ class _InvertedResidual(nn.Module):
         y = x
         if self.expansion != 1:
             y = nn.relu6(_bn(train)(nn.Conv(hidden, (1, 1), use_bias=False)(y)))
-        y = nn.Conv(hidden, (3, 3), strides=self.stride, feature_group_count=hidden, use_bias=False)(y)
+        y = nn.Conv(
+            hidden, (3, 3), strides=self.stride, feature_group_count=hidden, use_bias=False
+        )(y)
         y = nn.relu6(_bn(train)(y))
         y = _bn(train)(nn.Conv(self.features, (1, 1), use_bias=False)(y))
         if self.stride == 1 and inp == self.features:
@@ -89,8 +91,15 @@ class _InvertedResidual(nn.Module):
 
 
 # (expansion, features, repeats, stride); CIFAR-style: stem stride 1 and the second stage stride 1.
-_MOBILENETV2 = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                (6, 160, 3, 2), (6, 320, 1, 1))
+_MOBILENETV2 = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 
 class MobileNetV2(nn.Module):

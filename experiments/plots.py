@@ -40,7 +40,7 @@ def density_over_time(runs: dict[str, list[dict]], path: str) -> str:
         ax.grid(True, alpha=0.3)
         if len(layers) <= 12:
             ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(runs):]:
+    for ax in list(axes.flat)[len(runs) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -53,8 +53,12 @@ def accuracy_curves(runs: dict[str, list[dict]], path: str) -> str:
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, records in runs.items():
         evals = [r for r in records if r.get("type") == "eval"]
-        ax.plot([r["epoch"] for r in evals], [r["test_accuracy"] for r in evals], marker=".",
-                label=label)
+        ax.plot(
+            [r["epoch"] for r in evals],
+            [r["test_accuracy"] for r in evals],
+            marker=".",
+            label=label,
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy")
     ax.grid(True, alpha=0.3)
@@ -73,8 +77,14 @@ def accuracy_vs_sparsity(rows: list[dict], path: str) -> str:
         groups.setdefault(f"{r['method']} ({r['init']})", []).append(r)
     for label, rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r["sparsity"])
-        ax.errorbar([r["sparsity"] for r in rs], [r["mean"] for r in rs],
-                    yerr=[r["std"] for r in rs], marker="o", capsize=3, label=label)
+        ax.errorbar(
+            [r["sparsity"] for r in rs],
+            [r["mean"] for r in rs],
+            yerr=[r["std"] for r in rs],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
     ax.set_xlabel("sparsity")
     ax.set_ylabel("test accuracy")
     ax.grid(True, alpha=0.3)

@@ -8,14 +8,18 @@ def _layers(layer_density: dict) -> str:
 
 
 def results_table(results: list[dict]) -> str:
-    head = ("| method | init | sparsity | test accuracy | density | FLOPs vs dense | moved | "
-            "per-layer density |")
+    head = (
+        "| method | init | sparsity | test accuracy | density | FLOPs vs dense | moved | "
+        "per-layer density |"
+    )
     rows = [head, "|" + "---|" * 8]
     for r in results:
         init = "-" if r["method"] == "dense" else r["init"]
-        rows.append(f"| {r['method']} | {init} | {r['sparsity']:.2f} | {100 * r['test_accuracy']:.2f}% "
-                    f"| {r['density']:.4f} | {r['flops_ratio']:.4f} | {r['moved_total']} "
-                    f"| {_layers(r['layer_density'])} |")
+        rows.append(
+            f"| {r['method']} | {init} | {r['sparsity']:.2f} | {100 * r['test_accuracy']:.2f}% "
+            f"| {r['density']:.4f} | {r['flops_ratio']:.4f} | {r['moved_total']} "
+            f"| {_layers(r['layer_density'])} |"
+        )
     if results:
         rows.append("")
         rows.append("per-layer order: " + ", ".join(results[0]["layer_density"]))
@@ -30,18 +34,31 @@ def summarize(results: list[dict]) -> list[dict]:
     rows = []
     for (method, init, sparsity), rs in sorted(groups.items()):
         acc = np.array([r["test_accuracy"] for r in rs])
-        rows.append({"method": method, "init": init, "sparsity": sparsity, "n": len(rs),
-                     "mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
-                     "flops_ratio": float(np.mean([r["flops_ratio"] for r in rs])),
-                     "density": float(np.mean([r["density"] for r in rs]))})
+        rows.append(
+            {
+                "method": method,
+                "init": init,
+                "sparsity": sparsity,
+                "n": len(rs),
+                "mean": float(acc.mean()),
+                "std": float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
+                "flops_ratio": float(np.mean([r["flops_ratio"] for r in rs])),
+                "density": float(np.mean([r["density"] for r in rs])),
+            }
+        )
     return rows
 
 
 def summary_table(rows: list[dict]) -> str:
-    out = ["| method | init | sparsity | seeds | test accuracy (mean ± std) | density | FLOPs vs dense |",
-           "|" + "---|" * 7]
+    out = [
+        "| method | init | sparsity | seeds | test accuracy (mean ± std) | density "
+        "| FLOPs vs dense |",
+        "|" + "---|" * 7,
+    ]
     for r in rows:
-        out.append(f"| {r['method']} | {r['init']} | {r['sparsity']:.2f} | {r['n']} | "
-                   f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}% | {r['density']:.4f} | "
-                   f"{r['flops_ratio']:.4f} |")
+        out.append(
+            f"| {r['method']} | {r['init']} | {r['sparsity']:.2f} | {r['n']} | "
+            f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}% | {r['density']:.4f} | "
+            f"{r['flops_ratio']:.4f} |"
+        )
     return "\n".join(out)

@@ -43,22 +43,24 @@ class StepConfig(NamedTuple):
 
 
 def step_config(config, dataset, total_steps: int) -> StepConfig:
-    return StepConfig(methods.make_method(config), dataset.mean, dataset.std, bool(config.augment),
-                      float(config.label_smoothing), float(config.snfs_momentum), int(config.delta_t),
-                      methods.end_step(config.end_fraction, total_steps),
-                      float(config.drop_fraction))
+    return StepConfig(
+        methods.make_method(config),
+        dataset.mean,
+        dataset.std,
+        bool(config.augment),
+        float(config.label_smoothing),
+        float(config.snfs_momentum),
+        int(config.delta_t),
+        methods.end_step(config.end_fraction, total_steps),
+        float(config.drop_fraction),
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("method", "init", "sparsity", "dense_first"))
-def _initial_masks(params, key, *, method, init, sparsity, dense_first):
-    # Module-level, so runs that share the parameter shapes (e.g. CIFAR-100 and Tiny-ImageNet with
-    # the same network, or a grid's cells in one process) share the compiled program.
-    config = {"method": method, "init": init, "sparsity": sparsity, "dense_first": dense_first}
-    return methods.initial_masks(_Fields(config), params, key)
-
-
-class _Fields(dict):
-    __getattr__ = dict.__getitem__
+# Module-level, so runs that share parameter shapes (CIFAR-100 and Tiny-ImageNet with one network,
+# several runs in one process) share the compiled program.
+_initial_masks = jax.jit(
+    methods.initial_masks, static_argnames=("method", "init", "sparsity", "dense_first")
+)
 
 
 def create_train_state(config, model, tx, input_shape) -> TrainState:
@@ -67,20 +69,36 @@ def create_train_state(config, model, tx, input_shape) -> TrainState:
     init_key, mask_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     dummy = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
     variables = jax.jit(functools.partial(model.init, train=False))(init_key, dummy)
-    masks = _initial_masks(variables["params"], mask_key, method=config.method, init=config.init,
-                           sparsity=float(config.sparsity), dense_first=bool(config.dense_first))
+    masks = _initial_masks(
+        variables["params"],
+        mask_key,
+        method=config.method,
+        init=config.init,
+        sparsity=float(config.sparsity),
+        dense_first=bool(config.dense_first),
+    )
     params = jax.jit(gj.apply_masks)(variables["params"], masks)
     momentum = ()
     if method is not None and method.needs_momentum:
         momentum = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    return TrainState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}), masks,
-                      jax.jit(tx.init)(params), momentum, train_key, jnp.zeros(3, jnp.float32))
+    return TrainState(
+        jnp.zeros((), jnp.int32),
+        params,
+        variables.get("batch_stats", {}),
+        masks,
+        jax.jit(tx.init)(params),
+        momentum,
+        train_key,
+        jnp.zeros(3, jnp.float32),
+    )
 
 
 def preprocess(images, mean, std):
     x = images.astype(jnp.float32)
     shape = (1,) * (x.ndim - 1) + (len(mean),)
-    return (x - jnp.asarray(mean, jnp.float32).reshape(shape)) / jnp.asarray(std, jnp.float32).reshape(shape)
+    return (x - jnp.asarray(mean, jnp.float32).reshape(shape)) / jnp.asarray(
+        std, jnp.float32
+    ).reshape(shape)
 
 
 def augment(x, key):
@@ -134,10 +152,18 @@ def train_step(state: TrainState, batch, *, model, tx, cfg: StepConfig, topology
 
         def update(operand):
             params, masks, opt_state = operand
-            signal = gj.accumulated_gradients(opt_state) if method.signal == "accumulated" else grads
+            signal = (
+                gj.accumulated_gradients(opt_state) if method.signal == "accumulated" else grads
+            )
             new_params, new_masks, info = gj.redistribute(
-                params, masks, signal, k_topo, method=method, fraction=fraction_at(step),
-                momentum=momentum if method.needs_momentum else None)
+                params,
+                masks,
+                signal,
+                k_topo,
+                method=method,
+                fraction=fraction_at(step),
+                momentum=momentum if method.needs_momentum else None,
+            )
             new_opt_state = gj.reset_optimizer_state(tx, opt_state, masks, new_masks)
             return (new_params, new_masks, new_opt_state), info
 
@@ -156,18 +182,31 @@ def train_step(state: TrainState, batch, *, model, tx, cfg: StepConfig, topology
     updates, opt_state = tx.update(grads, opt_state, params, masks=masks)
     params = optax.apply_updates(params, updates)
     correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    sums = state.epoch_sums + jnp.stack([loss.astype(jnp.float32), correct, jnp.ones((), jnp.float32)])
-    new_state = state._replace(step=step + 1, params=params, batch_stats=batch_stats, masks=masks,
-                               opt_state=opt_state, momentum=momentum, epoch_sums=sums)
+    sums = state.epoch_sums + jnp.stack(
+        [loss.astype(jnp.float32), correct, jnp.ones((), jnp.float32)]
+    )
+    new_state = state._replace(
+        step=step + 1,
+        params=params,
+        batch_stats=batch_stats,
+        masks=masks,
+        opt_state=opt_state,
+        momentum=momentum,
+        epoch_sums=sums,
+    )
     return new_state, {"loss": loss}, info
 
 
 def eval_step(params, batch_stats, batch, *, model, mean, std):
     """Summed loss, correct predictions and count over the valid examples of one padded batch."""
     images, labels, valid = batch
-    logits = model.apply(_variables(params, batch_stats), preprocess(images, mean, std), train=False)
+    logits = model.apply(
+        _variables(params, batch_stats), preprocess(images, mean, std), train=False
+    )
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     valid_f = valid.astype(jnp.float32)
-    return {"loss": jnp.sum(loss * valid_f),
-            "correct": jnp.sum((jnp.argmax(logits, -1) == labels) & valid),
-            "count": jnp.sum(valid.astype(jnp.int32))}
+    return {
+        "loss": jnp.sum(loss * valid_f),
+        "correct": jnp.sum((jnp.argmax(logits, -1) == labels) & valid),
+        "count": jnp.sum(valid.astype(jnp.int32)),
+    }

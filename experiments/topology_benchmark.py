@@ -1,5 +1,5 @@
-"""Measures where the topology update should run: under ``lax.cond`` inside the one jitted train step,
-or as a separately jitted update step that Python calls on update steps only.
+"""Measures where the topology update should run: under ``lax.cond`` inside the one jitted train
+step, or as a separately jitted update step that Python calls on update steps only.
 
     python -m experiments.topology_benchmark [--config digits_mlp] [--steps 400] [--FIELD VALUE ...]
 
@@ -18,8 +18,12 @@ import numpy as np
 from experiments import data, main, methods, models, steps
 from experiments.errors import UserError
 
-_SHAPES = {"digits": ((8, 8, 1), 10), "fashion_mnist": ((28, 28, 1), 10),
-           "cifar100": ((32, 32, 3), 100), "tiny_imagenet": ((64, 64, 3), 200)}
+_SHAPES = {
+    "digits": ((8, 8, 1), 10),
+    "fashion_mnist": ((28, 28, 1), 10),
+    "cifar100": ((32, 32, 3), 100),
+    "tiny_imagenet": ((64, 64, 3), 200),
+}
 
 
 def _fake_dataset(config, n: int) -> data.Dataset:
@@ -38,12 +42,16 @@ def benchmark(config, num_steps: int, repeats: int = 3) -> dict:
     tx = methods.make_optimizer(config, methods.make_method(config), steps_per_epoch)
     cfg = steps.step_config(config, ds, total)
     cfg = cfg._replace(t_end=total)
-    batches = [jax.device_put(b) for b, _ in zip(data.train_batches(ds, config.batch_size, 0),
-                                                 range(4), strict=False)]
+    batches = [
+        jax.device_put(b)
+        for b, _ in zip(data.train_batches(ds, config.batch_size, 0), range(4), strict=False)
+    ]
     make = functools.partial(steps.train_step, model=model, tx=tx, cfg=cfg)
-    fns = {"plain": jax.jit(functools.partial(make, topology=False), donate_argnums=0),
-           "update": jax.jit(functools.partial(make, topology=True), donate_argnums=0),
-           "cond": jax.jit(functools.partial(make, topology="cond"), donate_argnums=0)}
+    fns = {
+        "plain": jax.jit(functools.partial(make, topology=False), donate_argnums=0),
+        "update": jax.jit(functools.partial(make, topology=True), donate_argnums=0),
+        "cond": jax.jit(functools.partial(make, topology="cond"), donate_argnums=0),
+    }
     out = {}
     state0 = steps.create_train_state(config, model, tx, ds.input_shape)
     for name, fn in fns.items():
@@ -75,29 +83,21 @@ def benchmark(config, num_steps: int, repeats: int = 3) -> dict:
 
 
 def _main(argv):
-    args, rest = argv, []
-    name = "digits_mlp"
-    num_steps = 400
-    i = 0
-    while i < len(args):
-        if args[i] in ("--config", "--steps") and i + 1 < len(args):
-            if args[i] == "--config":
-                name = args[i + 1]
-            else:
-                num_steps = int(args[i + 1])
-            i += 2
-        else:
-            rest.append(args[i])
-            i += 1
-    config = main.build_config(name, rest)
+    parser = main._Parser(prog="python -m experiments.topology_benchmark")
+    parser.add_argument("--config", default="digits_mlp")
+    parser.add_argument("--steps", type=int, default=400)
+    args, rest = parser.parse_known_args(argv)
+    config = main.build_config(args.config, ["--method=ggr"] + rest)
     if config.method in ("dense", "static") or "," in config.method:
         raise UserError("benchmark one dynamic method, e.g. --method ggr")
-    res = benchmark(config, num_steps)
-    print(f"{name} {config.method} delta_t={config.delta_t} ({jax.devices()[0].platform}): "
-          f"compile plain {res['compile_plain_s']:.1f} s + update {res['compile_update_s']:.1f} s "
-          f"vs cond {res['compile_cond_s']:.1f} s; "
-          f"separate {res['separate_ms_per_step']:.3f} ms/step vs cond {res['cond_ms_per_step']:.3f} "
-          "ms/step")
+    res = benchmark(config, args.steps)
+    print(
+        f"{args.config} {config.method} delta_t={config.delta_t} ({jax.devices()[0].platform}): "
+        f"compile plain {res['compile_plain_s']:.1f} s + update {res['compile_update_s']:.1f} s "
+        f"vs cond {res['compile_cond_s']:.1f} s; "
+        f"separate {res['separate_ms_per_step']:.3f} ms/step vs cond "
+        f"{res['cond_ms_per_step']:.3f} ms/step"
+    )
     return 0
 
 

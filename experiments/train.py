@@ -19,8 +19,15 @@ from experiments import checkpoints, data, flops, methods, metrics, models, plot
 from experiments.errors import UserError
 
 # Fields that may differ when resuming (they do not change what is computed).
-RESUME_FREE = ("checkpoint_every_epochs", "checkpoint_every_steps", "keep_checkpoints", "data_dir",
-               "data_source", "num_train_steps", "steps_per_eval")
+RESUME_FREE = (
+    "checkpoint_every_epochs",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "data_dir",
+    "data_source",
+    "num_train_steps",
+    "steps_per_eval",
+)
 
 
 def _mesh_shardings(batch_size: int, eval_batch_size: int):
@@ -43,18 +50,25 @@ def _prefetch(iterator, sharding, size: int = 2):
 def _summed(device_metrics: list[dict]) -> dict:
     if not device_metrics:
         return {}
-    return {k: float(v) for k, v in jax.device_get(
-        jax.tree.map(lambda *xs: sum(xs), *device_metrics)).items()}
+    return {
+        k: float(v)
+        for k, v in jax.device_get(jax.tree.map(lambda *xs: sum(xs), *device_metrics)).items()
+    }
 
 
 def _check_resumable(saved: dict, config) -> None:
     current = json.loads(config.to_json())
-    diffs = [k for k in sorted(set(saved) | set(current))
-             if k not in RESUME_FREE and saved.get(k) != current.get(k)]
+    diffs = [
+        k
+        for k in sorted(set(saved) | set(current))
+        if k not in RESUME_FREE and saved.get(k) != current.get(k)
+    ]
     if diffs:
         shown = ", ".join(f"{k}={saved.get(k)!r}" for k in diffs[:4])
-        raise UserError(f"the checkpointed run used different settings ({shown}); resume with the "
-                        "same flags or start a new --workdir")
+        raise UserError(
+            f"the checkpointed run used different settings ({shown}); resume with the "
+            "same flags or start a new --workdir"
+        )
 
 
 def run_label(config) -> str:
@@ -63,8 +77,14 @@ def run_label(config) -> str:
     return f"{config.method} {config.init} s={config.sparsity:g}"
 
 
-def train_and_evaluate(config, workdir: str, *, resume: bool = False, progress: bool = True,
-                       dataset: data.Dataset | None = None) -> dict:
+def train_and_evaluate(
+    config,
+    workdir: str,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    dataset: data.Dataset | None = None,
+) -> dict:
     """Trains ``config.method`` (one name) and evaluates after each epoch; returns the results dict.
 
     Writes ``metrics.jsonl``, ``checkpoints/``, ``results.json``, ``density_over_time.png`` and
@@ -76,16 +96,22 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False, progress: 
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not resume and (os.path.exists(metrics_path) or os.path.isdir(ckpt_dir)):
-        raise UserError(f"workdir {workdir} already holds a run; pass --resume to continue it or "
-                        "choose another --workdir")
+        raise UserError(
+            f"workdir {workdir} already holds a run; pass --resume to continue it or "
+            "choose another --workdir"
+        )
     ds = dataset if dataset is not None else data.load_dataset(config)
     model = models.create_model(config.model, ds.num_classes, config.hidden)
     steps_per_epoch = ds.train_images.shape[0] // config.batch_size
     if steps_per_epoch == 0:
-        raise UserError(f"batch_size {config.batch_size} is larger than the training set "
-                        f"({ds.train_images.shape[0]} examples)")
+        raise UserError(
+            f"batch_size {config.batch_size} is larger than the training set "
+            f"({ds.train_images.shape[0]} examples)"
+        )
     total_steps = config.num_epochs * steps_per_epoch
-    run_steps = min(total_steps, config.num_train_steps) if config.num_train_steps > 0 else total_steps
+    run_steps = (
+        min(total_steps, config.num_train_steps) if config.num_train_steps > 0 else total_steps
+    )
     replicated, batch_sharding = _mesh_shardings(config.batch_size, config.eval_batch_size)
 
     method = methods.make_method(config)
@@ -108,9 +134,16 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False, progress: 
         log = metrics.MetricsLog(metrics_path, resume_step=(start or -1) if resume else None)
         layer_size = metrics.per_layer(jax.tree.map(lambda m: m.size, state.masks))
         if start == 0:
-            log.write({"type": "init", "step": 0, "epoch": 0.0,
-                       "density": metrics.per_layer(gj.mask_densities(state.masks)),
-                       "global_density": gj.global_density(state.masks), "size": layer_size})
+            log.write(
+                {
+                    "type": "init",
+                    "step": 0,
+                    "epoch": 0.0,
+                    "density": metrics.per_layer(gj.mask_densities(state.masks)),
+                    "global_density": gj.global_density(state.masks),
+                    "size": layer_size,
+                }
+            )
 
         jit_step = functools.partial(jax.jit, donate_argnums=0, out_shardings=replicated)
         make = functools.partial(steps.train_step, model=model, tx=tx, cfg=cfg)
@@ -119,38 +152,60 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False, progress: 
             plain_step = update_step = jit_step(functools.partial(make, topology="cond"))
         else:
             update_step = jit_step(functools.partial(make, topology=True))
-        eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, mean=ds.mean, std=ds.std),
-                          out_shardings=replicated)
+        eval_fn = jax.jit(
+            functools.partial(steps.eval_step, model=model, mean=ds.mean, std=ds.std),
+            out_shardings=replicated,
+        )
 
         def evaluate(st) -> dict:
-            sums = _summed([eval_fn(st.params, st.batch_stats, jax.device_put(b, batch_sharding))
-                            for b in data.eval_batches(ds.test_images, ds.test_labels,
-                                                       config.eval_batch_size,
-                                                       config.steps_per_eval)])
-            return {"test_loss": sums["loss"] / sums["count"],
-                    "test_accuracy": sums["correct"] / sums["count"]}
+            sums = _summed(
+                [
+                    eval_fn(st.params, st.batch_stats, jax.device_put(b, batch_sharding))
+                    for b in data.eval_batches(
+                        ds.test_images,
+                        ds.test_labels,
+                        config.eval_batch_size,
+                        config.steps_per_eval,
+                    )
+                ]
+            )
+            return {
+                "test_loss": sums["loss"] / sums["count"],
+                "test_accuracy": sums["correct"] / sums["count"],
+            }
 
-        batches = _prefetch(data.train_batches(ds, config.batch_size, config.seed, start),
-                            batch_sharding)
+        batches = _prefetch(
+            data.train_batches(ds, config.batch_size, config.seed, start), batch_sharding
+        )
         bar = _progress(progress, run_label(config), run_steps, start)
         for step in range(start, run_steps):
             update_now = dynamic and bool(methods.is_update_step(step, cfg.delta_t, cfg.t_end))
             state, _, info = (update_step if update_now else plain_step)(state, next(batches))
             if update_now:
-                log.write(_topology_record(step, steps_per_epoch, fraction_at(step), info,
-                                           layer_size))
+                log.write(
+                    _topology_record(step, steps_per_epoch, fraction_at(step), info, layer_size)
+                )
             done = step + 1
             if done % steps_per_epoch == 0 or done == run_steps:
                 loss_sum, correct, count = (float(v) for v in jax.device_get(state.epoch_sums))
-                state = state._replace(epoch_sums=jax.device_put(np.zeros(3, np.float32), replicated))
-                record = {"type": "eval", "step": done, "epoch": done / steps_per_epoch,
-                          "train_loss": loss_sum / count,
-                          "train_accuracy": correct / (count * config.batch_size),
-                          "lr": float(lr_at(step)), "global_density": gj.global_density(state.masks),
-                          **evaluate(state), "wall_s": time.time() - start_time}
+                state = state._replace(
+                    epoch_sums=jax.device_put(np.zeros(3, np.float32), replicated)
+                )
+                record = {
+                    "type": "eval",
+                    "step": done,
+                    "epoch": done / steps_per_epoch,
+                    "train_loss": loss_sum / count,
+                    "train_accuracy": correct / (count * config.batch_size),
+                    "lr": float(lr_at(step)),
+                    "global_density": gj.global_density(state.masks),
+                    **evaluate(state),
+                    "wall_s": time.time() - start_time,
+                }
                 log.write(record)
-                bar.set_postfix(loss=f"{record['train_loss']:.3f}",
-                                test_acc=f"{record['test_accuracy']:.3f}")
+                bar.set_postfix(
+                    loss=f"{record['train_loss']:.3f}", test_acc=f"{record['test_accuracy']:.3f}"
+                )
             if _checkpoint_due(config, done, steps_per_epoch, run_steps):
                 ckpts.save(done, state, {"config": json.loads(config.to_json()), "step": done})
             bar.update(1)
@@ -163,14 +218,20 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False, progress: 
     records = metrics.read(metrics_path)
     variables = steps._variables(state.params, state.batch_stats)
     results = {
-        "config": config.name, "method": config.method, "init": config.init,
+        "config": config.name,
+        "method": config.method,
+        "init": config.init,
         "sparsity": 0.0 if config.method == "dense" else float(config.sparsity),
-        "seed": int(config.seed), "steps": int(state.step), "epochs": int(state.step) / steps_per_epoch,
-        "test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
+        "seed": int(config.seed),
+        "steps": int(state.step),
+        "epochs": int(state.step) / steps_per_epoch,
+        "test_accuracy": final["test_accuracy"],
+        "test_loss": final["test_loss"],
         "density": float(gj.global_density(state.masks)),
         "layer_density": metrics.per_layer(gj.mask_densities(state.masks)),
         "flops_ratio": flops.relative_flops(
-            flops.kernel_flops(model, variables, ds.input_shape), state.masks),
+            flops.kernel_flops(model, variables, ds.input_shape), state.masks
+        ),
         "moved_total": int(sum(r.get("moved", 0) for r in records if r["type"] == "topology")),
         "wall_s": time.time() - start_time,
     }
@@ -186,8 +247,15 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False, progress: 
 def _progress(enabled: bool, label: str, total: int, initial: int):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=f"{label:>18}", unit="step", disable=not enabled,
-                leave=True, mininterval=0.5)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=f"{label:>18}",
+        unit="step",
+        disable=not enabled,
+        leave=True,
+        mininterval=0.5,
+    )
 
 
 def _checkpoint_due(config, done: int, steps_per_epoch: int, run_steps: int) -> bool:
@@ -202,16 +270,24 @@ def _checkpoint_due(config, done: int, steps_per_epoch: int, run_steps: int) -> 
 def _topology_record(step: int, steps_per_epoch: int, fraction, info, layer_size: dict) -> dict:
     info = jax.device_get(info)
     active = metrics.per_layer(info["active"])
-    return {"type": "topology", "step": step, "epoch": step / steps_per_epoch,
-            "fraction": float(fraction),
-            "density": {k: active[k] / layer_size[k] for k in active},
-            "global_density": sum(active.values()) / sum(layer_size[k] for k in active),
-            "active": active, "dropped": metrics.per_layer(info["dropped"]),
-            "grown": metrics.per_layer(info["grown"]), "moved": int(info["moved"]),
-            "skipped": bool(info["skipped"])}
+    return {
+        "type": "topology",
+        "step": step,
+        "epoch": step / steps_per_epoch,
+        "fraction": float(fraction),
+        "density": {k: active[k] / layer_size[k] for k in active},
+        "global_density": sum(active.values()) / sum(layer_size[k] for k in active),
+        "active": active,
+        "dropped": metrics.per_layer(info["dropped"]),
+        "grown": metrics.per_layer(info["grown"]),
+        "moved": int(info["moved"]),
+        "skipped": bool(info["skipped"]),
+    }
 
 
-def train_methods(config, workdir: str, *, resume: bool = False, progress: bool = True) -> list[dict]:
+def train_methods(
+    config, workdir: str, *, resume: bool = False, progress: bool = True
+) -> list[dict]:
     """Trains every method of ``config.method`` (comma-separated) into ``workdir/<method>`` and
     writes ``results.md``, ``density_over_time.png`` and ``accuracy.png`` comparing them."""
     methods.check(config)
@@ -224,8 +300,11 @@ def train_methods(config, workdir: str, *, resume: bool = False, progress: bool 
         run_config = config.copy_and_resolve_references()
         run_config.method = name
         run_dir = os.path.join(workdir, name)
-        results.append(train_and_evaluate(run_config, run_dir, resume=resume, progress=progress,
-                                          dataset=dataset))
+        results.append(
+            train_and_evaluate(
+                run_config, run_dir, resume=resume, progress=progress, dataset=dataset
+            )
+        )
         runs[run_label(run_config)] = metrics.read(os.path.join(run_dir, "metrics.jsonl"))
     table = report.results_table(results)
     with open(os.path.join(workdir, "results.md"), "w") as f:

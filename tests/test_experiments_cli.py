@@ -15,8 +15,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_cli(*args, env=None, module="experiments.train"):
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
-                          text=True, env=full_env, timeout=600, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def is_png(path):
@@ -80,19 +87,34 @@ def test_bad_input_from_a_real_process_has_no_traceback():
     proc = run_cli("--method", "magic")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown method 'magic'; choose one of: dense, static, set, rigl, snfs, ggr"]
+        "error: unknown method 'magic'; choose one of: dense, static, set, rigl, snfs, ggr"
+    ]
 
 
 def test_existing_run_and_corrupt_checkpoint_are_not_overwritten(tmp_path, capsys):
     work = str(tmp_path / "w")
-    assert main.train_main(["--method=rigl", "--num_train_steps=5", f"--workdir={work}",
-                            "--no-progress"]) == 0
+    assert (
+        main.train_main(
+            ["--method=rigl", "--num_train_steps=5", f"--workdir={work}", "--no-progress"]
+        )
+        == 0
+    )
     capsys.readouterr()
     before = _digest(work)
     assert main.train_main(["--method=rigl", "--num_train_steps=5", f"--workdir={work}"]) == 2
     assert "already holds a run; pass --resume" in capsys.readouterr().err
-    assert main.train_main(["--method=rigl", "--num_train_steps=5", f"--workdir={work}",
-                            "--resume", "--learning_rate=0.3"]) == 2
+    assert (
+        main.train_main(
+            [
+                "--method=rigl",
+                "--num_train_steps=5",
+                f"--workdir={work}",
+                "--resume",
+                "--learning_rate=0.3",
+            ]
+        )
+        == 2
+    )
     assert "different settings (learning_rate=0.05)" in capsys.readouterr().err
     assert _digest(work) == before
     # Corrupt every file of the checkpoint's arrays.
@@ -102,8 +124,10 @@ def test_existing_run_and_corrupt_checkpoint_are_not_overwritten(tmp_path, capsy
             with open(os.path.join(dirpath, name), "wb") as f:
                 f.write(b"garbage")
     before = _digest(work)
-    assert main.train_main(["--method=rigl", "--num_train_steps=5", f"--workdir={work}",
-                            "--resume"]) == 2
+    assert (
+        main.train_main(["--method=rigl", "--num_train_steps=5", f"--workdir={work}", "--resume"])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is unreadable" in err[0] and "checkpoints/5" in err[0], err
     assert _digest(work) == before
@@ -111,8 +135,16 @@ def test_existing_run_and_corrupt_checkpoint_are_not_overwritten(tmp_path, capsy
 
 def test_two_devices_train_data_parallel(tmp_path):
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    proc = run_cli("--method=ggr", "--num_epochs=3", "--delta_t=10", "--init=erk", "--sparsity=0.9",
-                   f"--workdir={tmp_path}", "--no-progress", env=env)
+    proc = run_cli(
+        "--method=ggr",
+        "--num_epochs=3",
+        "--delta_t=10",
+        "--init=erk",
+        "--sparsity=0.9",
+        f"--workdir={tmp_path}",
+        "--no-progress",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 cpu devices" in proc.stdout
     records = metrics.read(tmp_path / "ggr" / "metrics.jsonl")
@@ -124,8 +156,17 @@ def test_two_devices_train_data_parallel(tmp_path):
 
 def test_compare_runs_a_grid_in_parallel_processes(tmp_path, capsys):
     work = tmp_path / "grid"
-    argv = ["--config=digits_mlp", "--methods=static,ggr", "--sparsities=0.9", "--inits=erk",
-            "--seeds=0,1", "--num_epochs=2", "--delta_t=20", f"--workdir={work}", "--workers=2"]
+    argv = [
+        "--config=digits_mlp",
+        "--methods=static,ggr",
+        "--sparsities=0.9",
+        "--inits=erk",
+        "--seeds=0,1",
+        "--num_epochs=2",
+        "--delta_t=20",
+        f"--workdir={work}",
+        "--workers=2",
+    ]
     assert compare.compare_main(argv) == 0
     out = capsys.readouterr().out
     assert "| ggr | erk | 0.90 | 2 |" in out and "±" in out

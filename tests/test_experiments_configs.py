@@ -1,5 +1,5 @@
-"""Every config builds and trains a couple of steps (mock TFDS data for the image datasets), and every
-method × init trains on digits with a topology update in the first steps."""
+"""Every config builds and trains a couple of steps (mock TFDS data for the image datasets), and
+every method × init trains on digits with a topology update in the first steps."""
 
 import functools
 
@@ -10,8 +10,14 @@ import tensorflow_datasets as tfds
 
 from experiments import configs, data, flops, main, methods, metrics, models, steps, train
 
-SMALL = ["--batch_size=4", "--eval_batch_size=4", "--num_train_steps=2", "--steps_per_eval=1",
-         "--data_source=tfds", "--method=ggr"]
+SMALL = [
+    "--batch_size=4",
+    "--eval_batch_size=4",
+    "--num_train_steps=2",
+    "--steps_per_eval=1",
+    "--data_source=tfds",
+    "--method=ggr",
+]
 # Compiling the CNNs dominates these tests on a 2-core CPU (VGG16 ~20 s, MobileNetV2 ~40 s, and
 # redistribute over MobileNetV2's 53 sparse layers minutes more), so: the lax.cond step (one compile
 # holding the update) where a topology update runs, the plain step where none does, and for
@@ -51,8 +57,9 @@ def test_tiny_imagenet_mobilenetv2_builds_and_traces_a_topology_step():
     tx = methods.make_optimizer(config, methods.make_method(config), 2)
     state = jax.eval_shape(lambda: steps.create_train_state(config, model, tx, ds.input_shape))
     batch = (jax.ShapeDtypeStruct((4, 64, 64, 3), np.uint8), jax.ShapeDtypeStruct((4,), np.int32))
-    step = functools.partial(steps.train_step, model=model, tx=tx,
-                             cfg=steps.step_config(config, ds, 100), topology=True)
+    step = functools.partial(
+        steps.train_step, model=model, tx=tx, cfg=steps.step_config(config, ds, 100), topology=True
+    )
     new_state, out, info = jax.eval_shape(step, state, batch)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     assert len(jax.tree.leaves(info["active"])) == 53 and out["loss"].shape == ()
@@ -66,9 +73,17 @@ def test_every_config_is_covered():
 
 @pytest.mark.parametrize("method", methods.METHODS)
 def test_every_method_on_digits(method, tmp_path):
-    config = main.build_config("digits_mlp", ["--num_train_steps=3", "--delta_t=1", f"--method={method}",
-                                              "--init=uniform", "--sparsity=0.9",
-                                              "--topology_update=cond"])
+    config = main.build_config(
+        "digits_mlp",
+        [
+            "--num_train_steps=3",
+            "--delta_t=1",
+            f"--method={method}",
+            "--init=uniform",
+            "--sparsity=0.9",
+            "--topology_update=cond",
+        ],
+    )
     results = train.train_and_evaluate(config, str(tmp_path), progress=False)
     records = metrics.read(tmp_path / "metrics.jsonl")
     topology = [r for r in records if r["type"] == "topology"]
@@ -86,12 +101,21 @@ def test_every_method_on_digits(method, tmp_path):
 
 
 def test_uniform_dense_first_and_erk_inits(tmp_path):
-    config = main.build_config("digits_mlp", ["--num_train_steps=1", "--method=static",
-                                              "--init=uniform", "--dense_first=true",
-                                              "--sparsity=0.5"])
+    config = main.build_config(
+        "digits_mlp",
+        [
+            "--num_train_steps=1",
+            "--method=static",
+            "--init=uniform",
+            "--dense_first=true",
+            "--sparsity=0.5",
+        ],
+    )
     results = train.train_and_evaluate(config, str(tmp_path / "u"), progress=False)
     assert list(results["layer_density"].values())[0] == 1.0
-    config = main.build_config("digits_mlp", ["--num_train_steps=1", "--method=static", "--init=erk"])
+    config = main.build_config(
+        "digits_mlp", ["--num_train_steps=1", "--method=static", "--init=erk"]
+    )
     results = train.train_and_evaluate(config, str(tmp_path / "e"), progress=False)
     assert len(set(round(d, 3) for d in results["layer_density"].values())) > 1
 
@@ -100,12 +124,16 @@ def test_cond_and_separate_topology_updates_agree(tmp_path):
     """The lax.cond step and the separately jitted update step compute the same training run."""
     finals = {}
     for mode in ("cond", "separate"):
-        config = main.build_config("digits_mlp", ["--num_train_steps=12", "--delta_t=4",
-                                                  "--method=ggr", f"--topology_update={mode}"])
+        config = main.build_config(
+            "digits_mlp",
+            ["--num_train_steps=12", "--delta_t=4", "--method=ggr", f"--topology_update={mode}"],
+        )
         train.train_and_evaluate(config, str(tmp_path / mode), progress=False)
         finals[mode] = metrics.read(tmp_path / mode / "metrics.jsonl")
-    tops = {m: [(r["step"], r["active"], r["moved"]) for r in recs if r["type"] == "topology"]
-            for m, recs in finals.items()}
+    tops = {
+        m: [(r["step"], r["active"], r["moved"]) for r in recs if r["type"] == "topology"]
+        for m, recs in finals.items()
+    }
     assert tops["cond"] == tops["separate"] and len(tops["cond"]) == 2
     acc = {m: recs[-1]["test_accuracy"] for m, recs in finals.items()}
     np.testing.assert_allclose(acc["cond"], acc["separate"], atol=0.02)
@@ -113,4 +141,6 @@ def test_cond_and_separate_topology_updates_agree(tmp_path):
 
 def test_one_device_mesh_shapes():
     replicated, batch = train._mesh_shardings(8, 8)
-    assert replicated.mesh.size == jax.device_count() and batch.spec == jax.sharding.PartitionSpec("data")
+    assert replicated.mesh.size == jax.device_count() and batch.spec == jax.sharding.PartitionSpec(
+        "data"
+    )

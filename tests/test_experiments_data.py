@@ -20,7 +20,9 @@ from experiments.tiny_imagenet import tiny_imagenet_dataset_builder as tiny
 
 
 def write_idx(path, array):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}i", *array.shape)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}i", *array.shape
+    )
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "wb") as f:
         f.write(header + array.astype(np.uint8).tobytes())
@@ -29,9 +31,14 @@ def write_idx(path, array):
 def fake_fashion_mnist(folder, n_train=40, n_test=20, gz=True):
     rng = np.random.default_rng(0)
     ext = ".gz" if gz else ""
-    write_idx(os.path.join(folder, "train-images-idx3-ubyte" + ext), rng.integers(0, 255, (n_train, 28, 28)))
+    write_idx(
+        os.path.join(folder, "train-images-idx3-ubyte" + ext),
+        rng.integers(0, 255, (n_train, 28, 28)),
+    )
     write_idx(os.path.join(folder, "train-labels-idx1-ubyte" + ext), rng.integers(0, 10, n_train))
-    write_idx(os.path.join(folder, "t10k-images-idx3-ubyte" + ext), rng.integers(0, 255, (n_test, 28, 28)))
+    write_idx(
+        os.path.join(folder, "t10k-images-idx3-ubyte" + ext), rng.integers(0, 255, (n_test, 28, 28))
+    )
     write_idx(os.path.join(folder, "t10k-labels-idx1-ubyte" + ext), rng.integers(0, 10, n_test))
 
 
@@ -63,8 +70,12 @@ def test_cifar100_python_archive(tmp_path):
     rng = np.random.default_rng(0)
     with tarfile.open(tmp_path / "cifar-100-python.tar.gz", "w:gz") as tar:
         for split, n in (("train", 6), ("test", 4)):
-            blob = pickle.dumps({b"data": rng.integers(0, 255, (n, 3072)).astype(np.uint8),
-                                 b"fine_labels": list(range(n))})
+            blob = pickle.dumps(
+                {
+                    b"data": rng.integers(0, 255, (n, 3072)).astype(np.uint8),
+                    b"fine_labels": list(range(n)),
+                }
+            )
             info = tarfile.TarInfo(f"cifar-100-python/{split}")
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
@@ -73,9 +84,14 @@ def test_cifar100_python_archive(tmp_path):
     assert list(ds.test_labels) == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("name,shape,classes", [("fashion_mnist", (28, 28, 1), 10),
-                                                ("cifar100", (32, 32, 3), 100),
-                                                ("tiny_imagenet", (64, 64, 3), 200)])
+@pytest.mark.parametrize(
+    "name,shape,classes",
+    [
+        ("fashion_mnist", (28, 28, 1), 10),
+        ("cifar100", (32, 32, 3), 100),
+        ("tiny_imagenet", (64, 64, 3), 200),
+    ],
+)
 def test_tfds_data_source_under_mock_data(name, shape, classes):
     config = main.build_config("digits_mlp", [f"--dataset={name}", "--data_source=tfds"])
     with tfds.testing.mock_data(num_examples=6):
@@ -84,8 +100,15 @@ def test_tfds_data_source_under_mock_data(name, shape, classes):
 
 
 def test_loader_hook_injects_data():
-    fake = data.Dataset(np.zeros((4, 2, 2, 1), np.uint8), np.zeros(4, np.int32),
-                        np.zeros((2, 2, 2, 1), np.uint8), np.zeros(2, np.int32), 3, (0.0,), (1.0,))
+    fake = data.Dataset(
+        np.zeros((4, 2, 2, 1), np.uint8),
+        np.zeros(4, np.int32),
+        np.zeros((2, 2, 2, 1), np.uint8),
+        np.zeros(2, np.int32),
+        3,
+        (0.0,),
+        (1.0,),
+    )
     data.LOADERS["fake"] = lambda config: fake
     try:
         assert data.load_dataset(main.build_config("digits_mlp", ["--dataset=fake"])) is fake
@@ -124,10 +147,12 @@ def _fake_tiny_imagenet(root, n_classes_with_images=2):
         os.makedirs(os.path.join(d, "train", w, "images"))
         for k in range(2):
             Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
-                os.path.join(d, "train", w, "images", f"{w}_{k}.JPEG"))
+                os.path.join(d, "train", w, "images", f"{w}_{k}.JPEG")
+            )
     # A grayscale image, as a few real Tiny-ImageNet images are.
     Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(
-        os.path.join(d, "val", "images", "val_0.JPEG"))
+        os.path.join(d, "val", "images", "val_0.JPEG")
+    )
     with open(os.path.join(d, "val", "val_annotations.txt"), "w") as f:
         f.write(f"val_0.JPEG\t{wnids[7]}\t0\t0\t10\t10\n")
     return d
@@ -146,7 +171,9 @@ def test_tiny_imagenet_builder_on_fake_files(tmp_path, zipped):
                     full = os.path.join(dirpath, name)
                     zf.write(full, os.path.relpath(full, tmp_path / "src"))
     builder = tiny.TinyImagenet(data_dir=str(tmp_path / "tfds"), file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
+    )
     assert builder.info.splits["train"].num_examples == 4
     assert builder.info.splits["validation"].num_examples == 1
     val = builder.as_data_source("validation")[0]

@@ -14,17 +14,29 @@ import orbax.checkpoint as ocp
 from experiments import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["--method=ggr", "--num_epochs=12", "--delta_t=15", "--checkpoint_every_steps=20",
-         "--checkpoint_every_epochs=0", "--keep_checkpoints=100", "--no-progress"]
+FLAGS = [
+    "--method=ggr",
+    "--num_epochs=12",
+    "--delta_t=15",
+    "--checkpoint_every_steps=20",
+    "--checkpoint_every_epochs=0",
+    "--keep_checkpoints=100",
+    "--no-progress",
+]
 
 
 def _start(workdir, cache, *extra):
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    return subprocess.Popen([sys.executable, "-m", "experiments.train", *FLAGS,
-                             f"--workdir={workdir}", *extra], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+    env = dict(
+        os.environ, JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", *FLAGS, f"--workdir={workdir}", *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _steps(ckpt_dir):
@@ -58,8 +70,9 @@ def test_killed_run_resumes_bit_identically(tmp_path):
     victim.communicate(timeout=60)
     assert victim.returncode == -signal.SIGKILL
     killed_at = _steps(ckpt_dir)[-1]
-    total = [r for r in metrics.read(tmp_path / "ref" / "ggr" / "metrics.jsonl")
-             if r["type"] == "final"][0]["steps"]
+    total = [
+        r for r in metrics.read(tmp_path / "ref" / "ggr" / "metrics.jsonl") if r["type"] == "final"
+    ][0]["steps"]
     assert 60 <= killed_at < total
 
     resumed = _start(tmp_path / "run", cache, "--resume")
@@ -78,4 +91,5 @@ def test_killed_run_resumes_bit_identically(tmp_path):
         return [{k: v for k, v in r.items() if k != "wall_s"} for r in metrics.read(path)]
 
     assert comparable(tmp_path / "run" / "ggr" / "metrics.jsonl") == comparable(
-        tmp_path / "ref" / "ggr" / "metrics.jsonl")
+        tmp_path / "ref" / "ggr" / "metrics.jsonl"
+    )

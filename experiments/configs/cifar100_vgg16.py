@@ -1,9 +1,9 @@
 """VGG16 (CIFAR-style) on CIFAR-100.
 
 The paper's setup (Parger et al. 2022, arXiv 2210.14012): SGD with momentum 0.9, weight decay 5e-4,
-batch 128, topology update every delta_t=100 steps with drop fraction alpha=0.3 cosine-decayed to zero
-at 75% of training. Epochs and the step decay of the learning rate are our choice where the paper
-leaves them open; every field can be overridden from the command line.
+batch 128, topology update every delta_t=100 steps with drop fraction alpha=0.3 cosine-decayed to
+zero at 75% of training. Epochs and the step decay of the learning rate are our choice where the
+paper leaves them open; every field can be overridden from the command line.
 """
 
 from experiments.configs import default

@@ -40,7 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch_size = 128
     c.eval_batch_size = 500
     c.num_epochs = 10
-    c.num_train_steps = -1  # > 0: stop after this many steps (smoke tests); the schedule keeps num_epochs
+    c.num_train_steps = (
+        -1
+    )  # > 0: stop after this many steps (smoke tests); the schedule keeps num_epochs
     c.steps_per_eval = -1  # > 0: evaluate on this many test batches only
     # Bookkeeping.
     c.seed = 0

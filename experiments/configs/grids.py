@@ -7,26 +7,57 @@ ALL_METHODS = ("dense", "static", "set", "rigl", "snfs", "ggr")
 
 GRIDS = {
     # A ~1-minute grid on the bundled digits data (2 seeds, high sparsity).
-    "digits_quick": dict(config="digits_mlp", methods=("dense", "rigl", "ggr"), inits=("erk",),
-                         sparsities=(0.95, 0.98), seeds=(0, 1), overrides={"num_epochs": 20}),
+    "digits_quick": dict(
+        config="digits_mlp",
+        methods=("dense", "rigl", "ggr"),
+        inits=("erk",),
+        sparsities=(0.95, 0.98),
+        seeds=(0, 1),
+        overrides={"num_epochs": 20},
+    ),
     # Every method on digits.
-    "digits_all": dict(config="digits_mlp", methods=ALL_METHODS, inits=("uniform", "erk"),
-                       sparsities=(0.9, 0.95, 0.98), seeds=(0, 1, 2), overrides={}),
+    "digits_all": dict(
+        config="digits_mlp",
+        methods=ALL_METHODS,
+        inits=("uniform", "erk"),
+        sparsities=(0.9, 0.95, 0.98),
+        seeds=(0, 1, 2),
+        overrides={},
+    ),
     # Issue 5's reproduction study: LeNet-300-100 on Fashion-MNIST.
-    "fashion_mnist_lenet300": dict(config="fashion_mnist_lenet300", methods=ALL_METHODS,
-                                   inits=("uniform", "erk"), sparsities=(0.9, 0.95, 0.98, 0.99),
-                                   seeds=(0, 1, 2), overrides={}),
-    "fashion_mnist_lenet5": dict(config="fashion_mnist_lenet5", methods=ALL_METHODS,
-                                 inits=("uniform", "erk"), sparsities=(0.9, 0.95, 0.98),
-                                 seeds=(0, 1, 2), overrides={}),
+    "fashion_mnist_lenet300": dict(
+        config="fashion_mnist_lenet300",
+        methods=ALL_METHODS,
+        inits=("uniform", "erk"),
+        sparsities=(0.9, 0.95, 0.98, 0.99),
+        seeds=(0, 1, 2),
+        overrides={},
+    ),
+    "fashion_mnist_lenet5": dict(
+        config="fashion_mnist_lenet5",
+        methods=ALL_METHODS,
+        inits=("uniform", "erk"),
+        sparsities=(0.9, 0.95, 0.98),
+        seeds=(0, 1, 2),
+        overrides={},
+    ),
     # The paper's tables (hours to days per run on a GPU).
-    "cifar100_vgg16_paper": dict(config="cifar100_vgg16", methods=("static", "set", "rigl", "snfs", "ggr"),
-                                 inits=("uniform", "erk"), sparsities=(0.9, 0.95, 0.98),
-                                 seeds=(0, 1, 2), overrides={}),
-    "cifar100_mobilenetv2_paper": dict(config="cifar100_mobilenetv2",
-                                       methods=("static", "set", "rigl", "snfs", "ggr"),
-                                       inits=("uniform", "erk"), sparsities=(0.9, 0.95, 0.98),
-                                       seeds=(0, 1, 2), overrides={}),
+    "cifar100_vgg16_paper": dict(
+        config="cifar100_vgg16",
+        methods=("static", "set", "rigl", "snfs", "ggr"),
+        inits=("uniform", "erk"),
+        sparsities=(0.9, 0.95, 0.98),
+        seeds=(0, 1, 2),
+        overrides={},
+    ),
+    "cifar100_mobilenetv2_paper": dict(
+        config="cifar100_mobilenetv2",
+        methods=("static", "set", "rigl", "snfs", "ggr"),
+        inits=("uniform", "erk"),
+        sparsities=(0.9, 0.95, 0.98),
+        seeds=(0, 1, 2),
+        overrides={},
+    ),
 }
 
 

@@ -1,1 +1,4 @@
-"""TFDS dataset builder for Tiny-ImageNet (not in the TFDS catalog). Import the builder module to register it."""
+"""TFDS dataset builder for Tiny-ImageNet (not in the TFDS catalog).
+
+Import ``tiny_imagenet_dataset_builder`` to register it.
+"""

@@ -1,7 +1,7 @@
 """Tiny-ImageNet-200 as a TFDS dataset: 200 classes, 64x64 RGB, 100k train / 10k validation images.
 
-Works without TensorFlow: images are passed to TFDS as JPEG bytes (grayscale ones converted to RGB with
-PIL), and the prepared ArrayRecord files are read with ``tfds.data_source``.
+Works without TensorFlow: images are passed to TFDS as JPEG bytes (grayscale ones converted to RGB
+with PIL), and the prepared ArrayRecord files are read with ``tfds.data_source``.
 
 The source is ``tiny-imagenet-200.zip`` from its public URL, or, when a manual dir is given
 (``tfds.download.DownloadConfig(manual_dir=...)``), that zip or its extracted ``tiny-imagenet-200/``
@@ -42,7 +42,7 @@ def _rgb_jpeg(path: epath.Path):
 
 
 def _unzip(archive: epath.Path, dest: epath.Path) -> epath.Path:
-    """Extracts with the standard library (TFDS's extractor needs TensorFlow); reuses a finished one."""
+    """Unzips with the standard library (TFDS's extractor needs TensorFlow); reuses a done one."""
     out = dest / (archive.name + ".d")
     done = out / ".done"
     if not done.exists():
@@ -59,7 +59,8 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        f"Optional: place {FOLDER}.zip (from {URL}) or its extracted {FOLDER}/ folder in the manual dir."
+        f"Optional: place {FOLDER}.zip (from {URL}) or its extracted {FOLDER}/ folder in the "
+        "manual dir."
     )
 
     # TFDS finds checksums next to the builder's code through `importlib_resources`, which is not
@@ -72,12 +73,14 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description="Tiny ImageNet: 200 ImageNet classes at 64x64, 500 train and 50 val images each.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(64, 64, 3), encoding_format="jpeg"),
-                "label": tfds.features.ClassLabel(num_classes=200),
-                "id": tfds.features.Text(),
-            }),
+            description="Tiny ImageNet: 200 classes at 64x64, 500 train and 50 val images each.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(64, 64, 3), encoding_format="jpeg"),
+                    "label": tfds.features.ClassLabel(num_classes=200),
+                    "id": tfds.features.Text(),
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage="https://www.kaggle.com/c/tiny-imagenet",
         )
@@ -108,7 +111,10 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
         if split == "train":
             for wnid in sorted(labels):
                 for path in sorted((root / "train" / wnid / "images").glob("*.JPEG")):
-                    yield path.name, {"image": _rgb_jpeg(path), "label": labels[wnid], "id": path.name}
+                    yield (
+                        path.name,
+                        {"image": _rgb_jpeg(path), "label": labels[wnid], "id": path.name},
+                    )
         else:
             for line in (root / "val" / "val_annotations.txt").read_text().splitlines():
                 if not line.strip():
