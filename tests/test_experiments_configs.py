@@ -100,24 +100,24 @@ def test_every_method_on_digits(method, tmp_path):
             assert all(r["moved"] == 0 for r in topology)
 
 
-def test_uniform_dense_first_and_erk_inits(tmp_path):
-    config = main.build_config(
-        "digits_mlp",
-        [
-            "--num_train_steps=1",
-            "--method=static",
-            "--init=uniform",
-            "--dense_first=true",
-            "--sparsity=0.5",
-        ],
-    )
-    results = train.train_and_evaluate(config, str(tmp_path / "u"), progress=False)
-    assert list(results["layer_density"].values())[0] == 1.0
-    config = main.build_config(
-        "digits_mlp", ["--num_train_steps=1", "--method=static", "--init=erk"]
-    )
-    results = train.train_and_evaluate(config, str(tmp_path / "e"), progress=False)
-    assert len(set(round(d, 3) for d in results["layer_density"].values())) > 1
+def test_initial_densities_uniform_dense_first_and_erk():
+    import ggr_jax as gj
+
+    model = models.create_model("mlp", 10)
+    params = model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32))["params"]
+    key = jax.random.PRNGKey(1)
+
+    def densities(**kw):
+        masks = steps._initial_masks(params, key, **kw)
+        return [float(d) for d in jax.tree.leaves(gj.mask_densities(masks))]
+
+    common = {"method": "ggr", "sparsity": 0.5}
+    assert densities(init="uniform", dense_first=True, **common)[0] == 1.0
+    assert densities(init="uniform", dense_first=False, **common) == pytest.approx([0.5] * 3, 1e-3)
+    erk = densities(init="erk", dense_first=False, **common)
+    assert len({round(d, 3) for d in erk}) == 3
+    dense = densities(init="erk", dense_first=False, method="dense", sparsity=0.5)
+    assert dense == [1.0, 1.0, 1.0]
 
 
 def test_cond_and_separate_topology_updates_agree(tmp_path):
