@@ -34,6 +34,10 @@ def density_over_time(runs: dict[str, list[dict]], path: str) -> str:
         for name, values in layers.items():
             ax.plot(steps[: len(values)], values, marker=".", label=name)
         ax.set_yscale("log")
+        low = min(min(v) for v in layers.values())
+        high = max(max(v) for v in layers.values())
+        if high < 1.5 * low:  # constant densities: show a readable range around them
+            ax.set_ylim(low / 2, min(high * 2, 1.05))
         ax.set_title(label)
         ax.set_xlabel("step")
         ax.set_ylabel("layer density")

@@ -139,8 +139,7 @@ def train_and_evaluate(
                     "type": "init",
                     "step": 0,
                     "epoch": 0.0,
-                    "density": metrics.per_layer(gj.mask_densities(state.masks)),
-                    "global_density": gj.global_density(state.masks),
+                    **_densities(state.masks, layer_size),
                     "size": layer_size,
                 }
             )
@@ -198,7 +197,7 @@ def train_and_evaluate(
                     "train_loss": loss_sum / count,
                     "train_accuracy": correct / (count * config.batch_size),
                     "lr": float(lr_at(step)),
-                    "global_density": gj.global_density(state.masks),
+                    "global_density": _densities(state.masks, layer_size)["global_density"],
                     **evaluate(state),
                     "wall_s": time.time() - start_time,
                 }
@@ -227,8 +226,8 @@ def train_and_evaluate(
         "epochs": int(state.step) / steps_per_epoch,
         "test_accuracy": final["test_accuracy"],
         "test_loss": final["test_loss"],
-        "density": float(gj.global_density(state.masks)),
-        "layer_density": metrics.per_layer(gj.mask_densities(state.masks)),
+        "density": _densities(state.masks, layer_size)["global_density"],
+        "layer_density": _densities(state.masks, layer_size)["density"],
         "flops_ratio": flops.relative_flops(
             flops.kernel_flops(model, variables, ds.input_shape), state.masks
         ),
@@ -265,6 +264,15 @@ def _checkpoint_due(config, done: int, steps_per_epoch: int, run_steps: int) -> 
         return True
     every = config.checkpoint_every_epochs
     return every > 0 and done % steps_per_epoch == 0 and (done // steps_per_epoch) % every == 0
+
+
+def _densities(masks, layer_size: dict) -> dict:
+    """Exact per-layer and global densities from the integer active counts."""
+    active = metrics.per_layer(gj.active_counts(masks))
+    return {
+        "density": {k: active[k] / layer_size[k] for k in active},
+        "global_density": sum(active.values()) / sum(layer_size[k] for k in active),
+    }
 
 
 def _topology_record(step: int, steps_per_epoch: int, fraction, info, layer_size: dict) -> dict:
