@@ -20,6 +20,7 @@ def counts(params, densities):
     for (path, d), x in zip(
         jax.tree_util.tree_flatten_with_path(densities, is_leaf=lambda v: v is None)[0],
         jax.tree.leaves(params),
+        strict=True,
     ):
         if d is None:
             continue
@@ -112,8 +113,12 @@ TREES = [
 @pytest.mark.parametrize("tree", range(len(TREES)))
 @pytest.mark.parametrize(
     "fn",
-    [gj.uniform_densities, gj.er_densities, gj.erk_densities,
-     lambda p, s: gj.uniform_densities(p, s, dense_first=True)],
+    [
+        gj.uniform_densities,
+        gj.er_densities,
+        gj.erk_densities,
+        lambda p, s: gj.uniform_densities(p, s, dense_first=True),
+    ],
     ids=["uniform", "er", "erk", "uniform_dense_first"],
 )
 def test_traced_sparsity_matches_concrete(fn, tree):
@@ -126,7 +131,8 @@ def test_traced_sparsity_matches_concrete(fn, tree):
         traced = solve(jnp.float32(s))
         concrete = fn(p, s)
         assert jax.tree.structure(traced, is_leaf=lambda v: v is None) == jax.tree.structure(
-            concrete, is_leaf=lambda v: v is None)
+            concrete, is_leaf=lambda v: v is None
+        )
         for leaf in jax.tree.leaves(traced):
             assert leaf.dtype == jnp.float32
         assert counts(p, traced) == counts(p, concrete)
@@ -150,14 +156,14 @@ def reference_counts(sizes, raw, target):
     """Float ideal counts of the ER/ERK solve: eps * raw * size, layers above density 1 dense."""
     dense = [False] * len(sizes)
     while True:
-        budget = target - sum(s for s, d in zip(sizes, dense) if d)
-        denom = sum(r * s for r, s, d in zip(raw, sizes, dense) if not d)
+        budget = target - sum(s for s, d in zip(sizes, dense, strict=True) if d)
+        denom = sum(r * s for r, s, d in zip(raw, sizes, dense, strict=True) if not d)
         eps = budget / denom if denom > 0 else 0.0
-        new = [d or eps * r > 1 for d, r in zip(dense, raw)]
+        new = [d or eps * r > 1 for d, r in zip(dense, raw, strict=True)]
         if new == dense:
             break
         dense = new
-    return [s if d else eps * r * s for s, r, d in zip(sizes, raw, dense)]
+    return [s if d else eps * r * s for s, r, d in zip(sizes, raw, dense, strict=True)]
 
 
 RAW = {
@@ -185,9 +191,9 @@ def test_exact_total_and_near_ideal_counts(p, sparsity, method):
     got = [c[f"['{k}']"] for k in names]
     target = round((1 - sparsity) * sum(sizes))
     assert sum(got) == target
-    assert all(0 <= g <= s for g, s in zip(got, sizes))
+    assert all(0 <= g <= s for g, s in zip(got, sizes, strict=True))
     ideal = reference_counts(sizes, [RAW[method](p[k].shape) for k in names], target)
-    assert all(abs(g - i) < 1 + 1e-6 for g, i in zip(got, ideal)), (got, ideal)
+    assert all(abs(g - i) < 1 + 1e-6 for g, i in zip(got, ideal, strict=True)), (got, ideal)
 
 
 @SETTINGS
@@ -223,4 +229,4 @@ def test_traced_exact_total(p, permille, method):
     got = [c[f"['{k}']"] for k in names]
     s32 = np.float32(sparsity)
     assert sum(got) == int(np.round((np.float32(1) - s32) * np.float32(sum(sizes))))
-    assert all(0 <= g <= s for g, s in zip(got, sizes))
+    assert all(0 <= g <= s for g, s in zip(got, sizes, strict=True))

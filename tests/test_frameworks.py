@@ -28,7 +28,11 @@ def arrays(tree):
 
 
 def check_zero_outside(params, masks):
-    for p, m in zip(jax.tree.leaves(params, is_leaf=is_none), jax.tree.leaves(masks, is_leaf=is_none)):
+    for p, m in zip(
+        jax.tree.leaves(params, is_leaf=is_none),
+        jax.tree.leaves(masks, is_leaf=is_none),
+        strict=True,
+    ):
         if m is not None:
             assert p.shape == m.shape
             assert not bool(jnp.where(m, 0, p).any())
@@ -37,7 +41,7 @@ def check_zero_outside(params, masks):
 def end_to_end(params, loss, x, y, *, expect_sparse, min_active=None):
     """Runs the whole cycle on ``params`` and returns the final params and masks."""
     spec = gj.sparsifiable(params)
-    assert sorted(p for p, s in zip(*leaf_paths(spec)) if s) == sorted(expect_sparse)
+    assert sorted(p for p, s in zip(*leaf_paths(spec), strict=True) if s) == sorted(expect_sparse)
     densities = gj.erk_densities(params, 0.7, spec=spec)
     masks = gj.random_masks(params, densities, jax.random.key(0))
     total = sum(int(m.sum()) for m in arrays(masks))
@@ -63,21 +67,33 @@ def end_to_end(params, loss, x, y, *, expect_sparse, min_active=None):
 
     grads = jax.jit(jax.grad(loss))(params, x, y)  # dense: inactive weights have gradients too
     redistribute = jax.jit(gj.redistribute, static_argnames=("method", "min_active"))
-    new_params, new_masks, info = redistribute(params, masks, grads, jax.random.key(1),
-                                               method=gj.ggr(), fraction=0.3, min_active=min_active)
+    new_params, new_masks, info = redistribute(
+        params,
+        masks,
+        grads,
+        jax.random.key(1),
+        method=gj.ggr(),
+        fraction=0.3,
+        min_active=min_active,
+    )
     assert not bool(info["skipped"])
     assert sum(int(m.sum()) for m in arrays(new_masks)) == total
-    assert jax.tree.structure(new_masks, is_leaf=is_none) == jax.tree.structure(masks, is_leaf=is_none)
+    assert jax.tree.structure(new_masks, is_leaf=is_none) == jax.tree.structure(
+        masks, is_leaf=is_none
+    )
     assert sum(int(v) for v in arrays(info["grown"])) > 0
-    changed = [bool((a != b).any()) for a, b in zip(arrays(masks), arrays(new_masks))]
+    changed = [bool((a != b).any()) for a, b in zip(arrays(masks), arrays(new_masks), strict=True)]
     assert any(changed)
     check_zero_outside(new_params, new_masks)
 
     new_state = gj.reset_optimizer_state(tx, state, masks, new_masks)
     mu = optax.tree_utils.tree_get(new_state, "mu")
-    for m_old, m_new, moment in zip(jax.tree.leaves(masks, is_leaf=is_none),
-                                    jax.tree.leaves(new_masks, is_leaf=is_none),
-                                    jax.tree.leaves(mu, is_leaf=is_none)):
+    for m_old, m_new, moment in zip(
+        jax.tree.leaves(masks, is_leaf=is_none),
+        jax.tree.leaves(new_masks, is_leaf=is_none),
+        jax.tree.leaves(mu, is_leaf=is_none),
+        strict=True,
+    ):
         if m_old is not None:
             assert not bool(jnp.where(m_old & m_new, 0, moment).any())
 
@@ -91,8 +107,10 @@ def end_to_end(params, loss, x, y, *, expect_sparse, min_active=None):
 
 def leaf_paths(tree):
     flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)[0]
-    paths = ["/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in p)
-             for p, _ in flat]
+    paths = [
+        "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in p)
+        for p, _ in flat
+    ]
     return paths, [v for _, v in flat]
 
 
@@ -121,8 +139,9 @@ def test_flax_linen():
     def loss(params, x, y):
         return xent(model.apply({"params": params}, x), y)
 
-    params, masks = end_to_end(params, loss, x, y,
-                               expect_sparse=["Conv_0/kernel", "Dense_0/kernel"])
+    params, masks = end_to_end(
+        params, loss, x, y, expect_sparse=["Conv_0/kernel", "Dense_0/kernel"]
+    )
     assert masks["LayerNorm_0"]["scale"] is None and masks["Dense_0"]["bias"] is None
     assert model.apply({"params": params}, x).shape == (16, 3)
 
@@ -145,9 +164,13 @@ def test_flax_nnx():
     def loss(params, x, y):
         return xent(nnx.merge(graphdef, params)(x), y)
 
-    params, masks = end_to_end(params, loss, x, y, expect_sparse=["l1/kernel/value", "l2/kernel/value"])
+    params, masks = end_to_end(
+        params, loss, x, y, expect_sparse=["l1/kernel/value", "l2/kernel/value"]
+    )
     nnx.update(model, params)
-    assert not bool(jnp.where(masks["l1"]["kernel"].get_value(), 0, model.l1.kernel.get_value()).any())
+    assert not bool(
+        jnp.where(masks["l1"]["kernel"].get_value(), 0, model.l1.kernel.get_value()).any()
+    )
     assert model(x).shape == (16, 3)
 
 
@@ -160,8 +183,14 @@ def test_equinox():
         return xent(jax.vmap(eqx.combine(params, static))(x), y)
 
     # Equinox weights are (out, in): one weight per output unit is shape[0], not the default
-    params, masks = end_to_end(params, loss, x, y, min_active=lambda path, shape: shape[0],
-                               expect_sparse=["layers/0/weight", "layers/1/weight"])
+    params, masks = end_to_end(
+        params,
+        loss,
+        x,
+        y,
+        min_active=lambda path, shape: shape[0],
+        expect_sparse=["layers/0/weight", "layers/1/weight"],
+    )
     model = eqx.combine(params, static)
     assert not bool(jnp.where(masks.layers[0].weight, 0, model.layers[0].weight).any())
     assert masks.layers[0].bias is None

@@ -26,9 +26,12 @@ def test_random_masks_exact_counts_and_structure(getkey):
     m = gj.random_masks(p, d, getkey())
     assert m["dense"]["bias"] is None
     assert jax.tree.structure(m, is_leaf=lambda x: x is None) == jax.tree.structure(
-        d, is_leaf=lambda x: x is None)
-    for mask, x, dens in [(m["conv"], p["conv"], d["conv"]),
-                          (m["dense"]["kernel"], p["dense"]["kernel"], d["dense"]["kernel"])]:
+        d, is_leaf=lambda x: x is None
+    )
+    for mask, x, dens in [
+        (m["conv"], p["conv"], d["conv"]),
+        (m["dense"]["kernel"], p["dense"]["kernel"], d["dense"]["kernel"]),
+    ]:
         assert mask.dtype == jnp.bool_ and mask.shape == x.shape
         assert int(mask.sum()) == round(float(dens) * x.size)
     assert int(m["conv"].sum()) + int(m["dense"]["kernel"].sum()) == round(0.2 * (72 + 40))
@@ -81,7 +84,10 @@ def test_random_masks_traced_densities_no_retrace(getkey):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_apply_masks_zeroes_exactly_and_keeps_dtype(dtype):
-    p = {"w": jnp.array([[1.5, -2.0], [jnp.nan, jnp.inf]], dtype), "b": jnp.array([3.0, -0.0], dtype)}
+    p = {
+        "w": jnp.array([[1.5, -2.0], [jnp.nan, jnp.inf]], dtype),
+        "b": jnp.array([3.0, -0.0], dtype),
+    }
     m = {"w": jnp.array([[True, False], [False, True]]), "b": None}
 
     @jax.jit
@@ -92,8 +98,9 @@ def test_apply_masks_zeroes_exactly_and_keeps_dtype(dtype):
     out = apply(p, m)
     out2 = apply(jax.tree.map(lambda x: x * 2, p), m)  # second call: no retrace
     assert out["w"].dtype == dtype and out["b"].dtype == dtype
-    np.testing.assert_array_equal(np.asarray(out["w"], np.float32),
-                                  np.array([[1.5, 0.0], [0.0, np.inf]], np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(out["w"], np.float32), np.array([[1.5, 0.0], [0.0, np.inf]], np.float32)
+    )
     # exactly +0.0 (not -0.0 from a multiplication by 0, not NaN from nan * 0)
     assert not np.signbit(np.asarray(out["w"], np.float32)[0, 1])
     assert out["b"] is p["b"] or bool((out["b"] == p["b"]).all())
@@ -122,8 +129,11 @@ SHAPE_MENU = [
     {"a": (16, 16)},
 ]
 _DRAW = {
-    i: jax.jit(lambda dens, key, i=i: gj.random_masks(
-        {k: jnp.zeros(s) for k, s in SHAPE_MENU[i].items()}, dens, key))
+    i: jax.jit(
+        lambda dens, key, i=i: gj.random_masks(
+            {k: jnp.zeros(s) for k, s in SHAPE_MENU[i].items()}, dens, key
+        )
+    )
     for i in range(len(SHAPE_MENU))
 }
 

@@ -20,10 +20,16 @@ SHAPES = {"w": (5, 4), "v": (3, 2, 4), "b": (4,)}
 def setup(dtype, seed=0):
     rng = np.random.default_rng(seed)
     params = {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in SHAPES.items()}
-    masks = {"w": jnp.asarray(rng.random(SHAPES["w"]) < 0.5),
-             "v": jnp.asarray(rng.random(SHAPES["v"]) < 0.5), "b": None}
-    new_masks = {"w": jnp.asarray(rng.random(SHAPES["w"]) < 0.5),
-                 "v": jnp.asarray(rng.random(SHAPES["v"]) < 0.5), "b": None}
+    masks = {
+        "w": jnp.asarray(rng.random(SHAPES["w"]) < 0.5),
+        "v": jnp.asarray(rng.random(SHAPES["v"]) < 0.5),
+        "b": None,
+    }
+    new_masks = {
+        "w": jnp.asarray(rng.random(SHAPES["w"]) < 0.5),
+        "v": jnp.asarray(rng.random(SHAPES["v"]) < 0.5),
+        "b": None,
+    }
     return params, masks, new_masks
 
 
@@ -47,18 +53,25 @@ def test_reset_zeroes_pruned_and_regrown_state(optimizer, dtype):
     @chex.assert_max_traces(n=1)
     def reset(pred, state, masks, new_masks):
         # inside lax.cond: any change of structure, dtype or weak type fails to trace
-        return lax.cond(pred, lambda s: gj.reset_optimizer_state(optimizer, s, masks, new_masks),
-                        lambda s: s, state)
+        return lax.cond(
+            pred,
+            lambda s: gj.reset_optimizer_state(optimizer, s, masks, new_masks),
+            lambda s: s,
+            state,
+        )
 
     new_state = reset(True, state, masks, new_masks)
     same = reset(False, state, masks, new_masks)  # second call: no retrace
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     params_shaped = 0
     reset_something = set()
-    for old, new, unchanged in zip(jax.tree.leaves(state), jax.tree.leaves(new_state),
-                                   jax.tree.leaves(same)):
+    for old, new, unchanged in zip(
+        jax.tree.leaves(state), jax.tree.leaves(new_state), jax.tree.leaves(same), strict=True
+    ):
         assert new.dtype == old.dtype and new.shape == old.shape
-        np.testing.assert_array_equal(np.asarray(unchanged, np.float32), np.asarray(old, np.float32))
+        np.testing.assert_array_equal(
+            np.asarray(unchanged, np.float32), np.asarray(old, np.float32)
+        )
         name = next((k for k in ("w", "v") if old.shape == SHAPES[k]), None)
         old32, new32 = np.asarray(old, np.float32), np.asarray(new, np.float32)
         if name is None:  # counts, hyperparameters, the dense bias' moments: untouched
@@ -92,8 +105,12 @@ def test_reset_accepts_init_fn_and_masked_chain():
 
 def test_accumulate_gradients_and_reset():
     params, masks, _ = setup(jnp.float32)
-    tx = optax.chain(gj.accumulate_gradients(), gj.mask_gradients(), optax.sgd(0.1, momentum=0.9),
-                     gj.mask_updates())
+    tx = optax.chain(
+        gj.accumulate_gradients(),
+        gj.mask_gradients(),
+        optax.sgd(0.1, momentum=0.9),
+        gj.mask_updates(),
+    )
     state = tx.init(params)
 
     @jax.jit

@@ -49,24 +49,35 @@ def check(out, masks, params=None, *, dropped=None, grown=None, moved=None):
         assert int(info["moved"]) == moved
     assert not bool(info["skipped"])
     assert {k: int(v) for k, v in info["active"].items()} == {
-        k: int(np.sum(v)) for k, v in masks.items()}
+        k: int(np.sum(v)) for k, v in masks.items()
+    }
 
 
 def test_rigl_hand(getkey):
     p, m, g = hand()
     out = redistribute(p, m, g, getkey(), method=gj.rigl(), fraction=0.5, min_active=0)
-    check(out, {"a": [[T, T], [F, T]], "b": [[T, T], [F, F]]},
-          {"a": [[3, 0], [0, 2]], "b": [[5, 0], [0, 0]]},
-          dropped={"a": 1, "b": 1}, grown={"a": 1, "b": 1}, moved=0)
+    check(
+        out,
+        {"a": [[T, T], [F, T]], "b": [[T, T], [F, F]]},
+        {"a": [[3, 0], [0, 2]], "b": [[5, 0], [0, 0]]},
+        dropped={"a": 1, "b": 1},
+        grown={"a": 1, "b": 1},
+        moved=0,
+    )
 
 
 def test_ggr_hand(getkey):
     # Global top-2 of the free |g| is b (0,1)=9 and b (1,1)=8: one connection moves a -> b.
     p, m, g = hand()
     out = redistribute(p, m, g, getkey(), method=gj.ggr(rho=1.0), fraction=0.5, min_active=0)
-    check(out, {"a": [[T, F], [F, T]], "b": [[T, T], [F, T]]},
-          {"a": [[3, 0], [0, 2]], "b": [[5, 0], [0, 0]]},
-          dropped={"a": 1, "b": 1}, grown={"a": 0, "b": 2}, moved=1)
+    check(
+        out,
+        {"a": [[T, F], [F, T]], "b": [[T, T], [F, T]]},
+        {"a": [[3, 0], [0, 2]], "b": [[5, 0], [0, 0]]},
+        dropped={"a": 1, "b": 1},
+        grown={"a": 0, "b": 2},
+        moved=1,
+    )
 
 
 @pytest.mark.parametrize("normalize", ["l2", "mean", "max"])
@@ -75,10 +86,16 @@ def test_ggr_normalize_hand(normalize, getkey):
     # the layer) a 5/2.25 4/2.25, b 9/4.25 8/4.25; max a 1 .8, b 1 .89 (the tie at 1.0 goes to the
     # earlier leaf). In every case the top-2 is a (0,1) and b (0,1): the RigL masks.
     p, m, g = hand()
-    out = redistribute(p, m, g, getkey(), method=gj.ggr(rho=1.0, normalize=normalize), fraction=0.5,
-                       min_active=0)
-    check(out, {"a": [[T, T], [F, T]], "b": [[T, T], [F, F]]},
-          dropped={"a": 1, "b": 1}, grown={"a": 1, "b": 1}, moved=0)
+    out = redistribute(
+        p, m, g, getkey(), method=gj.ggr(rho=1.0, normalize=normalize), fraction=0.5, min_active=0
+    )
+    check(
+        out,
+        {"a": [[T, T], [F, T]], "b": [[T, T], [F, F]]},
+        dropped={"a": 1, "b": 1},
+        grown={"a": 1, "b": 1},
+        moved=0,
+    )
 
 
 def test_ggr_regrow_pruned(getkey):
@@ -88,15 +105,24 @@ def test_ggr_regrow_pruned(getkey):
     g = {"a": jnp.array([[0.0, 5.0], [7.0, 0.0]]), "b": jnp.array([[0.0, 6.0], [0.0, 1.0]])}
     out = redistribute(p, m, g, getkey(), method=gj.ggr(rho=1.0), fraction=0.5, min_active=0)
     # Default (as RigL): a (1,0) is regrown. It never leaves the mask, so it keeps its weight.
-    check(out, {"a": [[T, F], [T, T]], "b": [[T, T], [F, F]]},
-          {"a": [[3, 0], [1, 2]], "b": [[5, 0], [0, 0]]},
-          dropped={"a": 1, "b": 1}, grown={"a": 1, "b": 1})
-    out = redistribute(p, m, g, getkey(), method=gj.ggr(rho=1.0, regrow_pruned=False), fraction=0.5,
-                       min_active=0)
+    check(
+        out,
+        {"a": [[T, F], [T, T]], "b": [[T, T], [F, F]]},
+        {"a": [[3, 0], [1, 2]], "b": [[5, 0], [0, 0]]},
+        dropped={"a": 1, "b": 1},
+        grown={"a": 1, "b": 1},
+    )
+    out = redistribute(
+        p, m, g, getkey(), method=gj.ggr(rho=1.0, regrow_pruned=False), fraction=0.5, min_active=0
+    )
     # Pruned positions go last: the top-2 is b (0,1)=6 and a (0,1)=5.
-    check(out, {"a": [[T, T], [F, T]], "b": [[T, T], [F, F]]},
-          {"a": [[3, 0], [0, 2]], "b": [[5, 0], [0, 0]]},
-          dropped={"a": 1, "b": 1}, grown={"a": 1, "b": 1})
+    check(
+        out,
+        {"a": [[T, T], [F, T]], "b": [[T, T], [F, F]]},
+        {"a": [[3, 0], [0, 2]], "b": [[5, 0], [0, 0]]},
+        dropped={"a": 1, "b": 1},
+        grown={"a": 1, "b": 1},
+    )
 
 
 def test_regrow_pruned_false_last_resort(getkey):
@@ -113,8 +139,11 @@ def test_rigl_regrows_pruned_by_default(getkey):
     p, m, _ = hand()
     g = {"a": jnp.array([[0.0, 5.0], [7.0, 0.0]]), "b": jnp.array([[0.0, 6.0], [0.0, 1.0]])}
     out = redistribute(p, m, g, getkey(), method=gj.rigl(), fraction=0.5, min_active=0)
-    check(out, {"a": [[T, F], [T, T]], "b": [[T, T], [F, F]]},
-          {"a": [[3, 0], [1, 2]], "b": [[5, 0], [0, 0]]})
+    check(
+        out,
+        {"a": [[T, F], [T, T]], "b": [[T, T], [F, F]]},
+        {"a": [[3, 0], [1, 2]], "b": [[5, 0], [0, 0]]},
+    )
 
 
 def outcomes(method, n_keys=16, **kwargs):
@@ -158,21 +187,30 @@ def test_snfs_hand(getkey):
     m = jax.tree.map(lambda x: x != 0, p)
     mom = {"a": jnp.array([[10.0, 7.0], [0.0, 5.0]]), "b": jnp.zeros((2, 2))}
     g = jax.tree.map(jnp.ones_like, p)  # not used by SNFS
-    out = redistribute(p, m, g, getkey(), method=gj.snfs(), fraction=0.5, min_active=0,
-                       momentum=mom)
-    check(out, {"a": [[T, T], [F, T]], "b": [[F, T], [F, F]]},
-          {"a": [[3, 0], [0, 0]], "b": [[0, 4], [0, 0]]},
-          dropped={"a": 1, "b": 1}, grown={"a": 2, "b": 0}, moved=1)
+    out = redistribute(
+        p, m, g, getkey(), method=gj.snfs(), fraction=0.5, min_active=0, momentum=mom
+    )
+    check(
+        out,
+        {"a": [[T, T], [F, T]], "b": [[F, T], [F, F]]},
+        {"a": [[3, 0], [0, 0]], "b": [[0, 4], [0, 0]]},
+        dropped={"a": 1, "b": 1},
+        grown={"a": 2, "b": 0},
+        moved=1,
+    )
 
 
 def test_snfs_shares_proportional_to_mean_momentum(getkey):
     # Each layer drops 2 of 4; R = 4 is split 3 : 1 by mean |momentum| 3 : 1.
-    p = {"a": jnp.array([[1.0, 2.0, 3.0, 4.0], [0, 0, 0, 0]]),
-         "b": jnp.array([[1.0, 2.0, 3.0, 4.0], [0, 0, 0, 0]])}
+    p = {
+        "a": jnp.array([[1.0, 2.0, 3.0, 4.0], [0, 0, 0, 0]]),
+        "b": jnp.array([[1.0, 2.0, 3.0, 4.0], [0, 0, 0, 0]]),
+    }
     m = jax.tree.map(lambda x: x != 0, p)
     mom = {"a": jnp.full((2, 4), 3.0), "b": jnp.full((2, 4), 1.0)}
-    out = redistribute(p, m, mom, getkey(), method=gj.snfs(), fraction=0.5, min_active=0,
-                       momentum=mom)
+    out = redistribute(
+        p, m, mom, getkey(), method=gj.snfs(), fraction=0.5, min_active=0, momentum=mom
+    )
     assert {k: int(v) for k, v in out[2]["grown"].items()} == {"a": 3, "b": 1}
     assert {k: int(v) for k, v in out[2]["active"].items()} == {"a": 5, "b": 3}
 
@@ -181,9 +219,14 @@ def test_static_hand(getkey):
     p, m, g = hand()
     p = {"a": p["a"] + 0.5, "b": p["b"]}  # non-zero outside the mask: zeroed
     out = redistribute(p, m, g, getkey(), method=gj.static(), fraction=0.5)
-    check(out, {"a": [[T, F], [T, T]], "b": [[T, F], [T, F]]},
-          {"a": [[3.5, 0], [1.5, 2.5]], "b": [[5, 0], [4, 0]]},
-          dropped={"a": 0, "b": 0}, grown={"a": 0, "b": 0}, moved=0)
+    check(
+        out,
+        {"a": [[T, F], [T, T]], "b": [[T, F], [T, F]]},
+        {"a": [[3.5, 0], [1.5, 2.5]], "b": [[5, 0], [4, 0]]},
+        dropped={"a": 0, "b": 0},
+        grown={"a": 0, "b": 0},
+        moved=0,
+    )
 
 
 def test_default_min_active_is_one_per_output_unit(getkey):
@@ -191,8 +234,13 @@ def test_default_min_active_is_one_per_output_unit(getkey):
     # regrows in b at its largest |g|.
     p, m, g = hand()
     out = redistribute(p, m, g, getkey(), method=gj.ggr(rho=1.0), fraction=0.5)
-    check(out, {"a": [[T, F], [F, T]], "b": [[T, T], [T, F]]},
-          dropped={"a": 1, "b": 0}, grown={"a": 0, "b": 1}, moved=1)
+    check(
+        out,
+        {"a": [[T, F], [F, T]], "b": [[T, T], [T, F]]},
+        dropped={"a": 1, "b": 0},
+        grown={"a": 0, "b": 1},
+        moved=1,
+    )
 
 
 def test_min_active_callable_and_int(getkey):
@@ -200,12 +248,22 @@ def test_min_active_callable_and_int(getkey):
     floor = lambda path, shape: 3 if path == "a" else 0  # noqa: E731
     out = redistribute(p, m, g, getkey(), method=gj.ggr(rho=1.0), fraction=0.5, min_active=floor)
     # a keeps all 3; b drops 1 and the global top-1 (b (0,1) = 9) brings it back in b
-    check(out, {"a": [[T, F], [T, T]], "b": [[T, T], [F, F]]},
-          dropped={"a": 0, "b": 1}, grown={"a": 0, "b": 1}, moved=0)
+    check(
+        out,
+        {"a": [[T, F], [T, T]], "b": [[T, T], [F, F]]},
+        dropped={"a": 0, "b": 1},
+        grown={"a": 0, "b": 1},
+        moved=0,
+    )
     out = redistribute(p, m, g, getkey(), method=gj.ggr(rho=1.0), fraction=1.0, min_active=1)
     # fraction 1 with floor 1: a drops 2, b drops 1; top-3 free |g|: b 9, b 8, a 5
-    check(out, {"a": [[T, T], [F, F]], "b": [[T, T], [F, T]]},
-          dropped={"a": 2, "b": 1}, grown={"a": 1, "b": 2}, moved=1)
+    check(
+        out,
+        {"a": [[T, T], [F, F]], "b": [[T, T], [F, T]]},
+        dropped={"a": 2, "b": 1},
+        grown={"a": 1, "b": 2},
+        moved=1,
+    )
 
 
 def test_fraction_zero_changes_nothing(getkey):
@@ -226,8 +284,9 @@ def test_nonfinite_inputs_skip(where, bad, getkey):
     tree = {"grads": g, "params": p, "momentum": mom}[where]
     tree["b"] = tree["b"].at[1, 1].set(bad)
     method = gj.snfs() if where == "momentum" else gj.ggr()
-    new_p, new_m, info = redistribute(p, m, g, getkey(), method=method, fraction=0.5,
-                                      min_active=0, momentum=mom)
+    new_p, new_m, info = redistribute(
+        p, m, g, getkey(), method=method, fraction=0.5, min_active=0, momentum=mom
+    )
     assert bool(info["skipped"])
     for k in m:
         np.testing.assert_array_equal(new_m[k], m[k])
@@ -240,8 +299,9 @@ def test_nonfinite_inputs_skip(where, bad, getkey):
 def test_nonfinite_not_skipped_when_disabled(getkey):
     p, m, g = hand()
     g["b"] = g["b"].at[1, 0].set(np.nan)
-    _, new_m, info = redistribute(p, m, g, getkey(), method=gj.rigl(), fraction=0.5,
-                                  min_active=0, skip_nonfinite=False)
+    _, new_m, info = redistribute(
+        p, m, g, getkey(), method=gj.rigl(), fraction=0.5, min_active=0, skip_nonfinite=False
+    )
     assert not bool(info["skipped"])
     assert int(new_m["a"].sum() + new_m["b"].sum()) == 5
 
@@ -275,15 +335,20 @@ def update_with(name, params, masks, grads, key, fraction):
 
 def loop_tree(dtype=jnp.float32):
     """A dense kernel, a conv kernel and a dense (not sparsified) bias."""
-    return {"a": jnp.zeros((8, 6), dtype), "b": jnp.zeros((2, 2, 3, 4), dtype),
-            "bias": jnp.zeros(4, dtype)}
+    return {
+        "a": jnp.zeros((8, 6), dtype),
+        "b": jnp.zeros((2, 2, 3, 4), dtype),
+        "bias": jnp.zeros(4, dtype),
+    }
 
 
 def random_like(params, key, scale=None):
     keys = jax.random.split(key, len(params))
     scale = scale or {}
-    return {k: jax.random.normal(kk, params[k].shape) * scale.get(k, 1.0)
-            for k, kk in zip(sorted(params), keys)}
+    return {
+        k: jax.random.normal(kk, params[k].shape) * scale.get(k, 1.0)
+        for k, kk in zip(sorted(params), keys, strict=True)
+    }
 
 
 @pytest.mark.parametrize("name", sorted(set(METHODS) - {"ggr_gradient"}))
@@ -314,12 +379,14 @@ def test_invariants_over_many_updates(name):
         assert sum(counts.values()) == sum(init_counts.values())
         assert counts == {k: int(info["active"][k]) for k in counts}
         assert sum(int(v) for v in jax.tree.leaves(info["dropped"])) == sum(
-            int(v) for v in jax.tree.leaves(info["grown"]))
+            int(v) for v in jax.tree.leaves(info["grown"])
+        )
         for k in ("a", "b"):
             assert counts[k] >= min(floors[k], init_counts[k])
             # kept weights unchanged, pruned and new ones exactly 0
             np.testing.assert_array_equal(
-                new_params[k], jnp.where(new_masks[k] & masks[k], params[k], 0.0))
+                new_params[k], jnp.where(new_masks[k] & masks[k], params[k], 0.0)
+            )
         np.testing.assert_array_equal(new_params["bias"], params["bias"])
         if name in PER_LAYER:
             assert counts == init_counts
@@ -331,7 +398,8 @@ def test_invariants_over_many_updates(name):
             assert not bool(info["skipped"])
         # train a little: new weights get values, inactive ones stay 0
         params = gj.apply_masks(
-            jax.tree.map(lambda p, n: p + 0.1 * n, new_params, random_like(params, k3)), new_masks)
+            jax.tree.map(lambda p, n: p + 0.1 * n, new_params, random_like(params, k3)), new_masks
+        )
         masks = new_masks
 
 
@@ -385,6 +453,7 @@ def test_redistribute_under_lax_cond_bf16(getkey):
     def run(pred, params, masks, grads, key):
         def branch(method):
             return functools.partial(gj.redistribute, method=method, fraction=0.5)
+
         return lax.cond(pred, branch(gj.ggr()), branch(gj.static()), params, masks, grads, key)
 
     for pred in (True, False):
@@ -403,7 +472,7 @@ def test_redistribute_under_lax_cond_bf16(getkey):
 # structure costs a few seconds of XLA compilation per method. Random structures and shapes are
 # covered where they are cheap (test_distributions, test_masks, test_select).
 SHAPES = {k: v.shape for k, v in loop_tree().items()}
-PROPERTY_METHODS = ["ggr", "ggr_gradient", "ggr_l2_no_regrow", "rigl", "set", "snfs"]
+PROPERTY_METHODS = sorted(METHODS)  # every method, static included
 
 
 @SETTINGS
@@ -420,11 +489,14 @@ def test_redistribute_properties(name, seed, density, fraction):
     # ties on purpose: params and grads drawn from a few values
     params = {k: jnp.asarray(rng.integers(-2, 3, size=s), jnp.float32) for k, s in shapes.items()}
     grads = {k: jnp.asarray(rng.integers(-2, 3, size=s), jnp.float32) for k, s in shapes.items()}
-    masks = {k: (jnp.asarray(rng.random(s) < density) if k in sparse else None)
-             for k, s in shapes.items()}
+    masks = {
+        k: (jnp.asarray(rng.random(s) < density) if k in sparse else None)
+        for k, s in shapes.items()
+    }
     new_p, new_m, info = update_with(name, params, masks, grads, jax.random.key(seed), fraction)
     assert jax.tree.structure(new_m, is_leaf=lambda x: x is None) == jax.tree.structure(
-        masks, is_leaf=lambda x: x is None)
+        masks, is_leaf=lambda x: x is None
+    )
     before = {k: int(masks[k].sum()) for k in sparse}
     after = {k: int(new_m[k].sum()) for k in sparse}
     assert sum(after.values()) == sum(before.values())

@@ -60,10 +60,17 @@ def test_extreme_keys_and_counts():
     top = np.uint32(0xFFFFFFFF)
     keys = [jnp.array([top, 0, top, 5], jnp.uint32)]
     elig = [jnp.array([True, True, True, False])]
-    for k, want in [(0, [0, 0, 0, 0]), (1, [1, 0, 0, 0]), (2, [1, 0, 1, 0]), (3, [1, 1, 1, 0]),
-                    (99, [1, 1, 1, 0]), (-3, [0, 0, 0, 0])]:
-        np.testing.assert_array_equal(gj.top_k_global(keys, elig, jnp.int32(k))[0],
-                                      np.array(want, bool), err_msg=f"k={k}")
+    for k, want in [
+        (0, [0, 0, 0, 0]),
+        (1, [1, 0, 0, 0]),
+        (2, [1, 0, 1, 0]),
+        (3, [1, 1, 1, 0]),
+        (99, [1, 1, 1, 0]),
+        (-3, [0, 0, 0, 0]),
+    ]:
+        np.testing.assert_array_equal(
+            gj.top_k_global(keys, elig, jnp.int32(k))[0], np.array(want, bool), err_msg=f"k={k}"
+        )
     nothing = gj.top_k_per_leaf(keys, [jnp.zeros(4, bool)], jnp.array([2], jnp.int32))
     assert not bool(nothing[0].any())
     assert gj.top_k_global([], [], jnp.int32(3)) == []
@@ -82,7 +89,7 @@ def test_traced_k_does_not_retrace():
     for k in [0, 3, 7, 50]:
         got = select(jnp.int32(k))
         want = reference(keys, elig, k, per_leaf=False)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(np.asarray(g).ravel(), w)
 
 
@@ -128,7 +135,7 @@ def test_top_k_global_equals_reference(problem, data):
     k = data.draw(counts(n))
     got = _GLOBAL(keys, elig, jnp.int32(k))
     want = reference(keys, elig, k, per_leaf=False)
-    for g, w, x in zip(got, want, keys):
+    for g, w, x in zip(got, want, keys, strict=True):
         assert g.dtype == jnp.bool_ and g.shape == x.shape
         np.testing.assert_array_equal(np.asarray(g).ravel(), w)
 
@@ -140,6 +147,6 @@ def test_top_k_per_leaf_equals_reference(problem, data):
     k = np.array([data.draw(counts(int(np.size(x)))) for x in keys], np.int32)
     got = _PER_LEAF(keys, elig, jnp.asarray(k))
     want = reference(keys, elig, k, per_leaf=True)
-    for g, w, x in zip(got, want, keys):
+    for g, w, x in zip(got, want, keys, strict=True):
         assert g.dtype == jnp.bool_ and g.shape == x.shape
         np.testing.assert_array_equal(np.asarray(g).ravel(), w)

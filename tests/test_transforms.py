@@ -16,7 +16,11 @@ SPARSE = {"a": (8, 6), "b": (6, 4)}  # distinct shapes: per-weight optimizer sta
 
 
 def model(dtype=jnp.float32, seed=0):
-    params = {"a": jnp.zeros((8, 6), dtype), "b": jnp.zeros((6, 4), dtype), "bias": jnp.zeros(4, dtype)}
+    params = {
+        "a": jnp.zeros((8, 6), dtype),
+        "b": jnp.zeros((6, 4), dtype),
+        "bias": jnp.zeros(4, dtype),
+    }
     masks = gj.random_masks(params, gj.erk_densities(params, 0.6), jax.random.key(seed))
     rng = np.random.default_rng(seed)
     params = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), dtype), params)
@@ -47,6 +51,7 @@ def test_masked_chain_keeps_inactive_weights_zero():
         def update(state):
             updates, state = tx.update(grads, state, params, masks=masks)
             return optax.apply_updates(params, updates), state
+
         return lax.cond(pred, update, lambda s: (params, s), state)
 
     rng = np.random.default_rng(1)
@@ -67,7 +72,9 @@ def test_masked_chain_keeps_inactive_weights_zero():
 def test_masking_needs_masks():
     params, _ = model()
     for tx in (gj.mask_gradients(), gj.mask_updates()):
-        with pytest.raises(ValueError, match=r"needs the masks: call tx.update\(..., masks=masks\)"):
+        with pytest.raises(
+            ValueError, match=r"needs the masks: call tx.update\(..., masks=masks\)"
+        ):
             tx.update(params, tx.init(params), params)
 
 
@@ -105,6 +112,7 @@ def train(tx, params, steps, seed=2, check=None):
         def update(state):
             updates, state = tx.update(grads, state, params)
             return updates, state
+
         return lax.cond(pred, update, lambda s: (jax.tree.map(jnp.zeros_like, params), s), state)
 
     rng = np.random.default_rng(seed)
@@ -137,8 +145,15 @@ def battery(inner, method_name):
     params, masks = model()
     total = sum(int(masks[k].sum()) for k in SPARSE)
     counts0 = {k: int(masks[k].sum()) for k in SPARSE}
-    tx = gj.dynamic_sparse(inner, masks, key=jax.random.key(3), method=method,
-                           update_every=UPDATE_EVERY, end_step=END_STEP, drop_fraction=0.3)
+    tx = gj.dynamic_sparse(
+        inner,
+        masks,
+        key=jax.random.key(3),
+        method=method,
+        update_every=UPDATE_EVERY,
+        end_step=END_STEP,
+        drop_fraction=0.3,
+    )
     changed_at = set()
 
     def check(t, params, state, updates, new_params, new_state):
@@ -146,8 +161,9 @@ def battery(inner, method_name):
         assert int(new_state.step) == t + 1
         assert new_m["bias"] is None
         assert jax.tree.structure(new_m, is_leaf=lambda x: x is None) == jax.tree.structure(
-            masks, is_leaf=lambda x: x is None)
-        for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+            masks, is_leaf=lambda x: x is None
+        )
+        for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
             assert u.dtype == p.dtype
         if any(bool((old_m[k] != new_m[k]).any()) for k in SPARSE):
             changed_at.add(t)
@@ -174,17 +190,19 @@ def battery(inner, method_name):
         assert changed_at == DUE  # on schedule only, and every scheduled update moves something
 
 
-@pytest.mark.parametrize("inner", [optax.sgd(0.1, momentum=0.9), optax.adam(1e-2)],
-                         ids=["sgd_momentum", "adam"])
+@pytest.mark.parametrize(
+    "inner", [optax.sgd(0.1, momentum=0.9), optax.adam(1e-2)], ids=["sgd_momentum", "adam"]
+)
 def test_dynamic_sparse_bf16(inner):
     params, masks = model(jnp.bfloat16)
-    tx = gj.dynamic_sparse(inner, masks, key=jax.random.key(3), method=gj.ggr(),
-                           update_every=2, end_step=10)
+    tx = gj.dynamic_sparse(
+        inner, masks, key=jax.random.key(3), method=gj.ggr(), update_every=2, end_step=10
+    )
 
     def check(t, params, state, updates, new_params, new_state):
         assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(updates))
         assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(new_params))
-        for old, new in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
+        for old, new in zip(jax.tree.leaves(state), jax.tree.leaves(new_state), strict=True):
             assert old.dtype == new.dtype
         new_m = gj.get_masks(new_state)
         for k in SPARSE:
@@ -198,8 +216,9 @@ def test_dynamic_sparse_signals_strict_bf16(method):
     # The signals dynamic_sparse keeps are float32; with bf16 gradients that must not rely on an
     # implicit promotion (sgd itself is strict-clean).
     params, masks = model(jnp.bfloat16)
-    tx = gj.dynamic_sparse(optax.sgd(0.1), masks, key=jax.random.key(3), method=method,
-                           update_every=1, end_step=10)
+    tx = gj.dynamic_sparse(
+        optax.sgd(0.1), masks, key=jax.random.key(3), method=method, update_every=1, end_step=10
+    )
     with jax.numpy_dtype_promotion("strict"):
         state = tx.init(params)
         for _ in range(3):
@@ -213,8 +232,16 @@ def test_dynamic_sparse_signals_strict_bf16(method):
 def test_drop_fraction_schedule_and_end_step():
     params, masks = model()
     schedule = optax.cosine_decay_schedule(0.5, END_STEP)
-    tx = gj.dynamic_sparse(optax.sgd(1e-3), masks, key=jax.random.key(3), method=gj.rigl(),
-                           update_every=2, end_step=END_STEP, drop_fraction=schedule, min_active=0)
+    tx = gj.dynamic_sparse(
+        optax.sgd(1e-3),
+        masks,
+        key=jax.random.key(3),
+        method=gj.rigl(),
+        update_every=2,
+        end_step=END_STEP,
+        drop_fraction=schedule,
+        min_active=0,
+    )
     seen = []
 
     def check(t, params, state, updates, new_params, new_state):
@@ -243,8 +270,16 @@ def test_dynamic_sparse_applies_redistribute_exactly():
     grads = {"a": jnp.array([[0.0, 1.0, 9.0], [0.0, 0.0, 2.0]]), "bias": jnp.ones(3)}
     inner = optax.sgd(0.0625, momentum=0.5)  # dyadic values: every step is exact arithmetic
     key = jax.random.key(5)
-    tx = gj.dynamic_sparse(inner, masks, key=key, method=gj.rigl(), update_every=1, end_step=5,
-                           drop_fraction=0.5, min_active=0)
+    tx = gj.dynamic_sparse(
+        inner,
+        masks,
+        key=key,
+        method=gj.rigl(),
+        update_every=1,
+        end_step=5,
+        drop_fraction=0.5,
+        min_active=0,
+    )
     state = tx.init(params)
     updates, state = jax.jit(tx.update)(grads, state, params)  # step 0: no topology update
     params = optax.apply_updates(params, updates)
@@ -253,8 +288,15 @@ def test_dynamic_sparse_applies_redistribute_exactly():
     # the same update by hand: inner step on masked grads, then redistribute
     plain_updates, _ = inner.update(gj.apply_masks(grads, masks), state.inner_state, params)
     moved = optax.apply_updates(params, gj.apply_masks(plain_updates, masks))
-    want_p, want_m, info = gj.redistribute(moved, masks, grads, jax.random.fold_in(key, 1),
-                                           method=gj.rigl(), fraction=0.5, min_active=0)
+    want_p, want_m, info = gj.redistribute(
+        moved,
+        masks,
+        grads,
+        jax.random.fold_in(key, 1),
+        method=gj.rigl(),
+        fraction=0.5,
+        min_active=0,
+    )
     assert int(info["dropped"]["a"]) == 2 and int(info["grown"]["a"]) == 2
     np.testing.assert_array_equal(gj.get_masks(new_state)["a"], want_m["a"])
     np.testing.assert_array_equal(new_params["a"], want_p["a"])
@@ -271,9 +313,16 @@ def test_accumulated_signal_differs_from_batch():
     late = {"a": jnp.array([[0.0, 0.0], [5.0, 0.0]])}
     result = {}
     for signal in ("batch", "accumulated"):
-        tx = gj.dynamic_sparse(optax.sgd(1e-6), masks, key=jax.random.key(0),
-                               method=gj.rigl(signal=signal), update_every=3, end_step=10,
-                               drop_fraction=0.34, min_active=0)
+        tx = gj.dynamic_sparse(
+            optax.sgd(1e-6),
+            masks,
+            key=jax.random.key(0),
+            method=gj.rigl(signal=signal),
+            update_every=3,
+            end_step=10,
+            drop_fraction=0.34,
+            min_active=0,
+        )
         p, state = params, tx.init(params)
         update = jax.jit(tx.update)
         for t in range(4):
@@ -286,13 +335,20 @@ def test_accumulated_signal_differs_from_batch():
 
 def test_dynamic_sparse_errors():
     params, masks = model()
-    tx = gj.dynamic_sparse(optax.sgd(0.1), masks, key=jax.random.key(0), method=gj.ggr(),
-                           update_every=2, end_step=10)
+    tx = gj.dynamic_sparse(
+        optax.sgd(0.1), masks, key=jax.random.key(0), method=gj.ggr(), update_every=2, end_step=10
+    )
     state = tx.init(params)
     with pytest.raises(ValueError, match="dynamic_sparse needs params"):
         tx.update(params, state)
     with pytest.raises(ValueError, match="no dynamic_sparse"):
         gj.get_masks(optax.sgd(0.1).init(params))
     with pytest.raises(ValueError, match="end_step must be a non-negative int, got 2.5"):
-        gj.dynamic_sparse(optax.sgd(0.1), masks, key=jax.random.key(0), method=gj.ggr(),
-                          update_every=2, end_step=2.5)
+        gj.dynamic_sparse(
+            optax.sgd(0.1),
+            masks,
+            key=jax.random.key(0),
+            method=gj.ggr(),
+            update_every=2,
+            end_step=2.5,
+        )

@@ -87,7 +87,9 @@ def test_sparsity_outside_unit_interval(fn, sparsity):
 @pytest.mark.parametrize("density", [1.5, -0.25])
 def test_custom_density_out_of_range(density):
     params, _ = small()
-    with pytest.raises(ValueError, match=re.escape(f"'enc/kernel' must lie in [0, 1], got {density}")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"'enc/kernel' must lie in [0, 1], got {density}")
+    ):
         gj.custom_densities(params, {"kernel": density})
 
 
@@ -101,7 +103,9 @@ def test_custom_density_missing():
 def test_random_masks_density_out_of_range(density, getkey):
     params, _ = small()
     densities = {"enc": {"kernel": density, "bias": None}}
-    with pytest.raises(ValueError, match=re.escape(f"'enc/kernel' must lie in [0, 1], got {density}")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"'enc/kernel' must lie in [0, 1], got {density}")
+    ):
         gj.random_masks(params, densities, getkey())
 
 
@@ -123,21 +127,38 @@ def bad_masks():
     k = jnp.ones((4, 3), bool)
     return [
         ("missing leaf", {"enc": {"kernel": k}}, r"masks tree structure does not match params"),
-        ("extra leaf", {"enc": {"kernel": k, "bias": None, "scale": None}},
-         r"masks tree structure does not match params"),
-        ("float mask", {"enc": {"kernel": jnp.ones((4, 3)), "bias": None}},
-         r"masks leaf 'enc/kernel' must be a bool array, got dtype float32"),
-        ("int mask", {"enc": {"kernel": jnp.ones((4, 3), jnp.int32), "bias": None}},
-         r"masks leaf 'enc/kernel' must be a bool array, got dtype int32"),
+        (
+            "extra leaf",
+            {"enc": {"kernel": k, "bias": None, "scale": None}},
+            r"masks tree structure does not match params",
+        ),
+        (
+            "float mask",
+            {"enc": {"kernel": jnp.ones((4, 3)), "bias": None}},
+            r"masks leaf 'enc/kernel' must be a bool array, got dtype float32",
+        ),
+        (
+            "int mask",
+            {"enc": {"kernel": jnp.ones((4, 3), jnp.int32), "bias": None}},
+            r"masks leaf 'enc/kernel' must be a bool array, got dtype int32",
+        ),
         # a Python bool has no dtype; under jit it becomes a bool scalar of the wrong shape
-        ("python bool", {"enc": {"kernel": True, "bias": None}},
-         r"masks leaf 'enc/kernel' (must be a bool array, got dtype None|has shape \(\), param)"),
-        ("transposed", {"enc": {"kernel": jnp.ones((3, 4), bool), "bias": None}},
-         re.escape("masks leaf 'enc/kernel' has shape (3, 4), param has (4, 3)")),
+        (
+            "python bool",
+            {"enc": {"kernel": True, "bias": None}},
+            r"masks leaf 'enc/kernel' (must be a bool array, got dtype None|has shape \(\), param)",
+        ),
+        (
+            "transposed",
+            {"enc": {"kernel": jnp.ones((3, 4), bool), "bias": None}},
+            re.escape("masks leaf 'enc/kernel' has shape (3, 4), param has (4, 3)"),
+        ),
     ]
 
 
-@pytest.mark.parametrize("masks,message", [b[1:] for b in bad_masks()], ids=[b[0] for b in bad_masks()])
+@pytest.mark.parametrize(
+    "masks,message", [b[1:] for b in bad_masks()], ids=[b[0] for b in bad_masks()]
+)
 def test_bad_masks_everywhere(masks, message, getkey):
     params, _ = small()
     with pytest.raises(ValueError, match=message):
@@ -146,9 +167,11 @@ def test_bad_masks_everywhere(masks, message, getkey):
         gj.redistribute(params, masks, grads_like(params), getkey(), method=gj.rigl(), fraction=0.3)
     with pytest.raises(ValueError, match=message):
         jax.jit(gj.redistribute, static_argnames="method")(
-            params, masks, grads_like(params), getkey(), method=gj.ggr(), fraction=0.3)
-    tx = gj.dynamic_sparse(optax.sgd(0.1), masks, key=getkey(), method=gj.ggr(),
-                           update_every=2, end_step=10)
+            params, masks, grads_like(params), getkey(), method=gj.ggr(), fraction=0.3
+        )
+    tx = gj.dynamic_sparse(
+        optax.sgd(0.1), masks, key=getkey(), method=gj.ggr(), update_every=2, end_step=10
+    )
     with pytest.raises(ValueError, match=message):
         tx.init(params)
 
@@ -157,29 +180,54 @@ def test_bad_masks_everywhere(masks, message, getkey):
 def test_fraction_outside_unit_interval(fraction, getkey):
     params, masks = small()
     with pytest.raises(ValueError, match=re.escape(f"fraction must lie in [0, 1], got {fraction}")):
-        gj.redistribute(params, masks, grads_like(params), getkey(), method=gj.rigl(),
-                        fraction=fraction)
+        gj.redistribute(
+            params, masks, grads_like(params), getkey(), method=gj.rigl(), fraction=fraction
+        )
 
 
 @pytest.mark.parametrize("fraction", [1.5, -0.5])
 def test_drop_fraction_outside_unit_interval(fraction, getkey):
     _, masks = small()
-    with pytest.raises(ValueError, match=re.escape(f"drop_fraction must lie in [0, 1], got {fraction}")):
-        gj.dynamic_sparse(optax.sgd(0.1), masks, key=getkey(), method=gj.rigl(), update_every=2,
-                          end_step=10, drop_fraction=fraction)
+    with pytest.raises(
+        ValueError, match=re.escape(f"drop_fraction must lie in [0, 1], got {fraction}")
+    ):
+        gj.dynamic_sparse(
+            optax.sgd(0.1),
+            masks,
+            key=getkey(),
+            method=gj.rigl(),
+            update_every=2,
+            end_step=10,
+            drop_fraction=fraction,
+        )
 
 
 def test_grads_and_momentum_shape_mismatch(getkey):
     params, masks = small()
     grads = {"enc": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(3)}}
-    with pytest.raises(ValueError, match=re.escape("grads leaf 'enc/kernel' has shape (3, 4), param has (4, 3)")):
+    with pytest.raises(
+        ValueError, match=re.escape("grads leaf 'enc/kernel' has shape (3, 4), param has (4, 3)")
+    ):
         gj.redistribute(params, masks, grads, getkey(), method=gj.rigl(), fraction=0.3)
     with pytest.raises(ValueError, match=re.escape("momentum leaf 'enc/kernel' has shape (3, 4)")):
-        gj.redistribute(params, masks, grads_like(params), getkey(), method=gj.snfs(),
-                        fraction=0.3, momentum=grads)
+        gj.redistribute(
+            params,
+            masks,
+            grads_like(params),
+            getkey(),
+            method=gj.snfs(),
+            fraction=0.3,
+            momentum=grads,
+        )
     with pytest.raises(ValueError, match="grads tree structure does not match params"):
-        gj.redistribute(params, masks, {"enc": {"kernel": jnp.ones((4, 3))}}, getkey(),
-                        method=gj.rigl(), fraction=0.3)
+        gj.redistribute(
+            params,
+            masks,
+            {"enc": {"kernel": jnp.ones((4, 3))}},
+            getkey(),
+            method=gj.rigl(),
+            fraction=0.3,
+        )
 
 
 def test_bad_method_config(getkey):
@@ -190,8 +238,9 @@ def test_bad_method_config(getkey):
     with pytest.raises(ValueError, match="method.normalize must be one of .* got 'l1'"):
         gj.redistribute(params, masks, g, getkey(), method=gj.ggr(normalize="l1"), fraction=0.3)
     with pytest.raises(ValueError, match="method.allocate must be one of .* got 'global'"):
-        gj.redistribute(params, masks, g, getkey(), method=gj.Method("x", allocate="global"),
-                        fraction=0.3)
+        gj.redistribute(
+            params, masks, g, getkey(), method=gj.Method("x", allocate="global"), fraction=0.3
+        )
     with pytest.raises(ValueError, match="method must be a ggr_jax.Method .* got 'ggr'"):
         gj.redistribute(params, masks, g, getkey(), method="ggr", fraction=0.3)
     with pytest.raises(ValueError, match="method 'snfs' needs momentum="):
@@ -199,11 +248,13 @@ def test_bad_method_config(getkey):
     with pytest.raises(ValueError, match="min_active for leaf 'enc/kernel' must be >= 0, got -1"):
         gj.redistribute(params, masks, g, getkey(), method=gj.rigl(), fraction=0.3, min_active=-1)
     with pytest.raises(ValueError, match="method must be a ggr_jax.Method .* got 'ggr'"):
-        gj.dynamic_sparse(optax.sgd(0.1), masks, key=getkey(), method="ggr", update_every=2,
-                          end_step=10)
+        gj.dynamic_sparse(
+            optax.sgd(0.1), masks, key=getkey(), method="ggr", update_every=2, end_step=10
+        )
     with pytest.raises(ValueError, match="update_every must be a positive int, got 0"):
-        gj.dynamic_sparse(optax.sgd(0.1), masks, key=getkey(), method=gj.ggr(), update_every=0,
-                          end_step=10)
+        gj.dynamic_sparse(
+            optax.sgd(0.1), masks, key=getkey(), method=gj.ggr(), update_every=0, end_step=10
+        )
 
 
 def test_spec_must_hold_python_bools():
