@@ -19,7 +19,7 @@ import numpy as np
 from jax import lax
 
 from ggr_jax._apportion import capped_shares
-from ggr_jax._select import order_key, top_k_global, top_k_per_leaf
+from ggr_jax._select import count_true, order_key, random_keys, top_k_global, top_k_per_leaf
 from ggr_jax._tree import PyTree, check_like, check_masks, check_unit_interval, is_concrete
 from ggr_jax._tree import leaves_with_paths
 
@@ -246,7 +246,7 @@ def redistribute(
     fraction = jnp.clip(jnp.asarray(fraction, jnp.float32), 0.0, 1.0)
 
     def count(xs):
-        return jnp.stack([jnp.sum(x, dtype=jnp.int32) for x in xs]) if xs else jnp.zeros(0, jnp.int32)
+        return jnp.stack([count_true(x) for x in xs]) if xs else jnp.zeros(0, jnp.int32)
 
     def finish(new_masks, new_weights, dropped, grown, skipped):
         leaves_p = list(w_leaves)
@@ -282,11 +282,13 @@ def redistribute(
         free = [~k for k in kept]
         total = jnp.sum(n_drop)
 
-        def keys(scores):
-            ks = [order_key(s) for s in scores]
+        def restrict(ks):
             if method.regrow_pruned:
                 return ks
             return [jnp.where(d, jnp.uint32(0), k) for d, k in zip(drop, ks)]  # last resort
+
+        def keys(scores):
+            return restrict([order_key(s) for s in scores])
 
         global_pick = None
         if method.allocate == "per_layer":
@@ -306,14 +308,14 @@ def redistribute(
             grow = top_k_per_leaf(keys(signal if method.place == "gradient" else mom), free, n_grow)
         else:
             subkeys = jax.random.split(key, len(weights))
-            noise = [jax.random.uniform(k, w.shape) for k, w in zip(subkeys, weights)]
+            noise = restrict([random_keys(k, w.shape) for k, w in zip(subkeys, weights)])
             if method.place == "random":
-                grow = top_k_per_leaf(keys(noise), free, n_grow)
+                grow = top_k_per_leaf(noise, free, n_grow)
             else:  # mixed
                 n_grad = jnp.round(method.rho * n_grow.astype(jnp.float32)).astype(jnp.int32)
                 by_grad = top_k_per_leaf(keys(signal), free, n_grad)
                 rest = [f & ~b for f, b in zip(free, by_grad)]
-                by_rand = top_k_per_leaf(keys(noise), rest, n_grow - n_grad)
+                by_rand = top_k_per_leaf(noise, rest, n_grow - n_grad)
                 grow = [b | r for b, r in zip(by_grad, by_rand)]
 
         new_masks = [k | g for k, g in zip(kept, grow)]
@@ -327,5 +329,5 @@ def redistribute(
     if not skip_nonfinite:
         return update()
     checked = weights + signal + (mom or [])
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in checked]))
+    finite = sum(count_true(~jnp.isfinite(x)) for x in checked) == 0
     return lax.cond(finite, update, lambda: unchanged(True))
