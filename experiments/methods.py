@@ -54,7 +54,7 @@ def make_method(config) -> gj.Method | None:
         return None
     if name == "ggr":
         return gj.ggr(rho=config.ggr_rho, signal=config.ggr_signal)
-    return {"static": gj.static, "set": gj.set_, "rigl": gj.rigl, "snfs": gj.snfs}[name]()
+    return {"static": gj.static, "set": gj.set, "rigl": gj.rigl, "snfs": gj.snfs}[name]()
 
 
 def is_dynamic(method: gj.Method | None) -> bool:

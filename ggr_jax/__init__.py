@@ -52,7 +52,6 @@ __all__ = [
     "reset_optimizer_state",
     "rigl",
     "set",
-    "set_",
     "snfs",
     "sparsifiable",
     "static",

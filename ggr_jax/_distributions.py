@@ -117,6 +117,11 @@ def er_densities(params: PyTree, sparsity: Any, *, spec: PyTree | None = None) -
       >>> float(d["b"]) > float(d["a"])
       True
     """
+    paths, leaves, _, layers = _layers(params, spec)
+    for i in layers:
+        if np.ndim(leaves[i]) < 2:
+            raise ValueError(f"ER needs (..., n_in, n_out) leaves; sparsified leaf {paths[i]!r} "
+                             f"has shape {np.shape(leaves[i])}")
     return _solve(params, sparsity, spec, lambda s: (s[-2] + s[-1]) / (s[-2] * s[-1]))
 
 

@@ -229,7 +229,9 @@ def dynamic_sparse(
                                      params, dense=lambda u, p: u)
             new_inner = reset_optimizer_state(inner, inner_state, masks_now, new_masks)
             if method.needs_momentum:
-                new_signal = map_sparse(lambda m, mn, s: jnp.where(m & mn, s, 0.0), masks_now,
+                # Regrown weights start with zero momentum; inactive positions keep theirs, as
+                # it is their growth signal at the next update.
+                new_signal = map_sparse(lambda m, mn, s: jnp.where(mn & ~m, 0.0, s), masks_now,
                                         new_masks, signal)
                 new_count = count
             else:

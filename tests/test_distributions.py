@@ -230,3 +230,9 @@ def test_traced_exact_total(p, permille, method):
     s32 = np.float32(sparsity)
     assert sum(got) == int(np.round((np.float32(1) - s32) * np.float32(sum(sizes))))
     assert all(0 <= g <= s for g, s in zip(got, sizes, strict=True))
+
+
+def test_er_rejects_a_sparsified_vector_naming_it():
+    params = {"w": jnp.ones((4, 4)), "v": jnp.ones(4)}
+    with pytest.raises(ValueError, match="'v'.*\\(4,\\)"):
+        gj.er_densities(params, 0.5, spec={"w": True, "v": True})

@@ -163,7 +163,7 @@ def outcomes(method, n_keys=16, **kwargs):
 
 def test_set_hand():
     # Per layer as RigL: a regrows 1 of {(0,1), (1,0)}; b 1 of {(0,1), (1,0), (1,1)}, at random.
-    seen = outcomes(gj.set_(), min_active=0)
+    seen = outcomes(gj.set(), min_active=0)
     assert seen["a"] == {(T, T, F, T), (T, F, T, T)}
     assert seen["b"] == {(T, T, F, F), (T, F, T, F), (T, F, F, T)}
 
@@ -268,7 +268,7 @@ def test_min_active_callable_and_int(getkey):
 
 def test_fraction_zero_changes_nothing(getkey):
     p, m, g = hand()
-    for method in (gj.ggr(), gj.rigl(), gj.set_()):
+    for method in (gj.ggr(), gj.rigl(), gj.set()):
         out = redistribute(p, m, g, getkey(), method=method, fraction=0.0, min_active=0)
         check(out, m, p, dropped={"a": 0, "b": 0}, grown={"a": 0, "b": 0}, moved=0)
 
@@ -313,7 +313,7 @@ METHODS = {
     "ggr_gradient": gj.ggr(rho=1.0),
     "ggr_l2_no_regrow": gj.ggr(rho=0.25, normalize="l2", regrow_pruned=False),
     "rigl": gj.rigl(),
-    "set": gj.set_(),
+    "set": gj.set(),
     "snfs": gj.snfs(),
     "static": gj.static(),
 }

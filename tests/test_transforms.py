@@ -96,7 +96,7 @@ METHODS = {
     "ggr_accumulated": gj.ggr(rho=1.0, normalize="max", signal="accumulated"),
     "rigl": gj.rigl(),
     "rigl_accumulated": gj.rigl(signal="accumulated"),
-    "set": gj.set_(),
+    "set": gj.set(),
     "snfs": gj.snfs(),
     "static": gj.static(),
 }
@@ -352,3 +352,25 @@ def test_dynamic_sparse_errors():
             update_every=2,
             end_step=2.5,
         )
+
+
+def test_snfs_momentum_zeroed_only_where_regrown():
+    params = {"w": jnp.arange(1.0, 17.0).reshape(4, 4)}
+    masks = {"w": params["w"] > 8}
+    params = gj.apply_masks(params, masks)
+    tx = gj.dynamic_sparse(optax.sgd(0.0), masks, key=jax.random.key(0), method=gj.snfs(),
+                           update_every=2, end_step=10, drop_fraction=0.5, min_active=0,
+                           momentum_decay=0.5)
+    update = jax.jit(tx.update)
+    grads = {"w": jnp.linspace(2.0, 1.0, 16).reshape(4, 4)}  # inactive ones largest
+    state = tx.init(params)
+    for _ in range(2):
+        _, state = update(grads, state, params)
+    before = state.signal["w"]
+    _, state = update(grads, state, params)  # step 2: topology update
+    old, new = masks["w"], gj.get_masks(state)["w"]
+    ema = 0.5 * before + 0.5 * grads["w"]
+    regrown = new & ~old
+    assert int(regrown.sum()) > 0
+    np.testing.assert_array_equal(state.signal["w"][regrown], 0.0)
+    np.testing.assert_array_equal(state.signal["w"][~regrown], ema[~regrown])
