@@ -28,6 +28,9 @@ def check(config) -> None:
     choice("lr_schedule", ("cosine", "step", "constant"))
     choice("topology_update", ("cond", "separate"))
     choice("ggr_signal", ("batch", "accumulated"))
+    choice("ggr_normalize", ("none", "l2", "mean", "max"))
+    if config.min_active < -1:
+        raise UserError(f"min_active must be -1 (one per output unit) or >= 0, got {config.min_active}")
     if not 0.0 <= config.sparsity < 1.0:
         raise UserError(f"sparsity must be in [0, 1), got {config.sparsity}")
     if not 0.0 <= config.drop_fraction <= 1.0:
@@ -53,7 +56,8 @@ def make_method(config) -> gj.Method | None:
     if name == "dense":
         return None
     if name == "ggr":
-        return gj.ggr(rho=config.ggr_rho, signal=config.ggr_signal)
+        normalize = None if config.ggr_normalize == "none" else config.ggr_normalize
+        return gj.ggr(rho=config.ggr_rho, signal=config.ggr_signal, normalize=normalize)
     return {"static": gj.static, "set": gj.set, "rigl": gj.rigl, "snfs": gj.snfs}[name]()
 
 

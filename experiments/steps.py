@@ -40,6 +40,7 @@ class StepConfig(NamedTuple):
     delta_t: int
     t_end: int
     drop_fraction: float
+    min_active: int | None  # None: the library default (one per output unit)
 
 
 def step_config(config, dataset, total_steps: int) -> StepConfig:
@@ -53,6 +54,7 @@ def step_config(config, dataset, total_steps: int) -> StepConfig:
         int(config.delta_t),
         methods.end_step(config.end_fraction, total_steps),
         float(config.drop_fraction),
+        None if config.min_active < 0 else int(config.min_active),
     )
 
 
@@ -162,6 +164,7 @@ def train_step(state: TrainState, batch, *, model, tx, cfg: StepConfig, topology
                 k_topo,
                 method=method,
                 fraction=fraction_at(step),
+                min_active=cfg.min_active,
                 momentum=momentum if method.needs_momentum else None,
             )
             new_opt_state = gj.reset_optimizer_state(tx, opt_state, masks, new_masks)

@@ -24,6 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.end_fraction = 0.75  # t_end as a fraction of the total number of training steps
     c.ggr_rho = 0.5  # GGR: fraction of regrown weights placed by gradient (rest random)
     c.ggr_signal = "batch"  # GGR: batch | accumulated (mean gradient since the last update)
+    c.ggr_normalize = "none"  # GGR: none | l2 | mean | max per-layer gradient normalisation
+    c.min_active = -1  # fewest active weights per layer; -1: one per output unit (library default)
     c.snfs_momentum = 0.9  # SNFS: EMA coefficient of the gradient momentum it allocates by
     c.topology_update = "separate"  # separate (own jitted step) | cond (lax.cond in the train step)
     # Optimisation.
