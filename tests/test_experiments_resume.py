@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -14,9 +15,12 @@ import orbax.checkpoint as ocp
 from experiments import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# num_epochs and delta_t as in test_experiments_cli.py: all these runs share compiled programs
+# through JAX's persistent cache.
+CACHE = os.path.join(tempfile.gettempdir(), "ggr_jax_test_xla")
 FLAGS = [
     "--method=ggr",
-    "--num_epochs=12",
+    "--num_epochs=8",
     "--delta_t=15",
     "--checkpoint_every_steps=20",
     "--checkpoint_every_epochs=0",
@@ -25,9 +29,9 @@ FLAGS = [
 ]
 
 
-def _start(workdir, cache, *extra):
+def _start(workdir, *extra):
     env = dict(
-        os.environ, JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
+        os.environ, JAX_COMPILATION_CACHE_DIR=CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
     )
     return subprocess.Popen(
         [sys.executable, "-m", "experiments.train", *FLAGS, f"--workdir={workdir}", *extra],
@@ -54,12 +58,11 @@ def _final_state(workdir):
 
 
 def test_killed_run_resumes_bit_identically(tmp_path):
-    cache = str(tmp_path / "xla_cache")
-    reference = _start(tmp_path / "ref", cache)
+    reference = _start(tmp_path / "ref")
     out, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, out[-2000:]
 
-    victim = _start(tmp_path / "run", cache)
+    victim = _start(tmp_path / "run")
     ckpt_dir = tmp_path / "run" / "ggr" / "checkpoints"
     deadline = time.time() + 300
     while not [s for s in _steps(ckpt_dir) if s >= 60] and time.time() < deadline:
@@ -75,7 +78,7 @@ def test_killed_run_resumes_bit_identically(tmp_path):
     ][0]["steps"]
     assert 60 <= killed_at < total
 
-    resumed = _start(tmp_path / "run", cache, "--resume")
+    resumed = _start(tmp_path / "run", "--resume")
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out[-2000:]
 
