@@ -162,16 +162,17 @@ def test_two_devices_train_data_parallel(tmp_path):
     assert proc.returncode == 2 and "not divisible by the 2 devices" in proc.stderr
 
 
-def test_compare_runs_a_grid_in_parallel_processes(tmp_path, capsys):
+def test_compare_runs_a_grid_in_parallel_processes(tmp_path, capsys, monkeypatch):
+    for key, value in XLA_CACHE.items():
+        monkeypatch.setenv(key, value)
     work = tmp_path / "grid"
     argv = [
         "--config=digits_mlp",
-        "--methods=static,ggr",
-        "--sparsities=0.9",
-        "--inits=erk",
+        "--methods=ggr",
+        "--sparsities=0.98",
+        "--inits=uniform",
         "--seeds=0,1",
-        "--num_epochs=2",
-        "--delta_t=20",
+        *DIGITS,
         f"--workdir={work}",
         "--workers=2",
     ]
