@@ -5,6 +5,19 @@ step, or as a separately jitted update step that Python calls on update steps on
 
 Prints compile time and steady-state milliseconds per step (median of interleaved repeats) for both.
 Data are random arrays of the config's shapes, so every config runs offline.
+
+Measured on the 2-core CPU (shared, load average 9-12, so +-30% noise), GGR, 400 steps:
+
+| config | separate ms/step | cond ms/step | compile separate (plain + update) | compile cond |
+|---|---|---|---|---|
+| digits_mlp (delta_t=45) | 0.22 | 0.62 | 2.3 + 5.9 s | 5.2 s |
+| fashion_mnist_lenet300 (delta_t=100) | 1.63 | 1.66 | 1.0 + 23.0 s | 17.3 s |
+| fashion_mnist_lenet5 (delta_t=100) | 41.1 | 39.5 | 3.4 + 24.5 s | 37.9 s |
+
+The separate update step is never slower beyond noise and ~3x faster per step when a step is
+cheap (the cond costs a fixed overhead every step); compile cost is dominated by redistribute in
+both. Hence ``topology_update="separate"`` is the default; ``"cond"`` is there for loops that must
+be one program (e.g. under ``lax.scan``).
 """
 
 import functools
