@@ -30,7 +30,9 @@ def check(config) -> None:
     choice("ggr_signal", ("batch", "accumulated"))
     choice("ggr_normalize", ("none", "l2", "mean", "max"))
     if config.min_active < -1:
-        raise UserError(f"min_active must be -1 (one per output unit) or >= 0, got {config.min_active}")
+        raise UserError(
+            f"min_active must be -1 (one per output unit) or >= 0, got {config.min_active}"
+        )
     if not 0.0 <= config.sparsity < 1.0:
         raise UserError(f"sparsity must be in [0, 1), got {config.sparsity}")
     if not 0.0 <= config.drop_fraction <= 1.0:
