@@ -19,7 +19,7 @@ import numpy as np
 from jax import lax
 
 from ggr_jax._apportion import capped_shares
-from ggr_jax._select import count_true, order_key, random_keys, top_k_global, top_k_per_leaf
+from ggr_jax._select import count_true, order_key, random_keys, select_global, select_per_leaf
 from ggr_jax._tree import PyTree, check_like, check_masks, check_unit_interval, is_concrete
 from ggr_jax._tree import leaves_with_paths
 
@@ -239,8 +239,14 @@ def redistribute(
     sparse = [i for i, m in enumerate(m_leaves) if m is not None]
     masks_in = [m_leaves[i] for i in sparse]
     weights = [w_leaves[i] for i in sparse]
-    signal = [jnp.abs(g_leaves[i]).astype(jnp.float32) for i in sparse]
-    mom = [jnp.abs(mo_leaves[i]).astype(jnp.float32) for i in sparse] if mo_leaves else None
+    # Scores and keys are recomputed where each selection pass needs them (XLA fuses them there),
+    # so that no float32 or uint32 copy of the params is kept alive during the update.
+    # Scores are (function, arrays) pairs: see ggr_jax._select.KeySpec.
+    def magnitude(x):
+        return jnp.abs(x).astype(jnp.float32)
+
+    signal = [(magnitude, (g_leaves[i],)) for i in sparse]
+    mom = [(magnitude, (mo_leaves[i],)) for i in sparse] if mo_leaves else None
     mins = [_min_active(min_active, paths[i], tuple(np.shape(w_leaves[i]))) for i in sparse]
     sizes = jnp.asarray([int(np.size(w)) for w in weights], jnp.int32)
     fraction = jnp.clip(jnp.asarray(fraction, jnp.float32), 0.0, 1.0)
@@ -277,45 +283,51 @@ def redistribute(
         floor_min = jnp.minimum(jnp.stack(mins), active)
         n_drop = jnp.minimum(jnp.floor(fraction * active.astype(jnp.float32)).astype(jnp.int32),
                              active - floor_min)
-        drop = top_k_per_leaf([order_key(-jnp.abs(w)) for w in weights], masks_in, n_drop)
+        drop, _ = select_per_leaf([(lambda w: order_key(-jnp.abs(w)), (w,)) for w in weights],
+                                  masks_in, n_drop)
         kept = [m & ~d for m, d in zip(masks_in, drop)]
         free = [~k for k in kept]
         total = jnp.sum(n_drop)
 
-        def restrict(ks):
+        def restrict(specs):
             if method.regrow_pruned:
-                return ks
-            return [jnp.where(d, jnp.uint32(0), k) for d, k in zip(drop, ks)]  # last resort
+                return specs
+            return [(lambda d, *a, f=f: jnp.where(d, jnp.uint32(0), f(*a)), (d, *a))  # last resort
+                    for d, (f, a) in zip(drop, specs)]
 
         def keys(scores):
-            return restrict([order_key(s) for s in scores])
+            return restrict([(lambda *a, f=f: order_key(f(*a)), a) for f, a in scores])
 
         global_pick = None
         if method.allocate == "per_layer":
             n_grow = n_drop
         elif method.allocate == "global_gradient":
-            scored = [_normalize(s, method.normalize) for s in signal]
-            global_pick = top_k_global(keys(scored), free, total)
-            n_grow = count(global_pick)
+            scored = signal
+            if method.normalize is not None:
+                scored = [(lambda x: x, (_normalize(f(*a), method.normalize),)) for f, a in signal]
+            global_pick, n_grow = select_global(keys(scored), free, total)
         else:  # momentum
-            mean_mom = jnp.stack([jnp.sum(jnp.where(m, s, 0.0)) for m, s in zip(masks_in, mom)])
+            mean_mom = jnp.stack([jnp.sum(jnp.where(m, f(*a), 0.0))
+                                  for m, (f, a) in zip(masks_in, mom)])
             mean_mom = mean_mom / jnp.maximum(active, 1).astype(jnp.float32)
             n_grow = capped_shares(total, mean_mom, sizes - count(kept), jnp)
 
         if method.place == "gradient" and global_pick is not None:
             grow = global_pick  # per-layer normalisation keeps the order inside each layer
         elif method.place in ("gradient", "momentum"):
-            grow = top_k_per_leaf(keys(signal if method.place == "gradient" else mom), free, n_grow)
+            grow, _ = select_per_leaf(keys(signal if method.place == "gradient" else mom), free,
+                                      n_grow)
         else:
             subkeys = jax.random.split(key, len(weights))
-            noise = restrict([random_keys(k, w.shape) for k, w in zip(subkeys, weights)])
+            noise = restrict([(lambda k, shape=w.shape: random_keys(k, shape), (k,))
+                              for k, w in zip(subkeys, weights)])
             if method.place == "random":
-                grow = top_k_per_leaf(noise, free, n_grow)
+                grow, _ = select_per_leaf(noise, free, n_grow)
             else:  # mixed
                 n_grad = jnp.round(method.rho * n_grow.astype(jnp.float32)).astype(jnp.int32)
-                by_grad = top_k_per_leaf(keys(signal), free, n_grad)
+                by_grad, _ = select_per_leaf(keys(signal), free, n_grad)
                 rest = [f & ~b for f, b in zip(free, by_grad)]
-                by_rand = top_k_per_leaf(noise, rest, n_grow - n_grad)
+                by_rand, _ = select_per_leaf(noise, rest, n_grow - n_grad)
                 grow = [b | r for b, r in zip(by_grad, by_rand)]
 
         new_masks = [k | g for k, g in zip(kept, grow)]
@@ -328,6 +340,7 @@ def redistribute(
 
     if not skip_nonfinite:
         return update()
-    checked = weights + signal + (mom or [])
+    checked = weights + [g_leaves[i] for i in sparse]
+    checked += [mo_leaves[i] for i in sparse] if mo_leaves else []
     finite = sum(count_true(~jnp.isfinite(x)) for x in checked) == 0
     return lax.cond(finite, update, lambda: unchanged(True))

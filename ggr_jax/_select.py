@@ -3,29 +3,34 @@
 Selecting the k largest entries (per leaf, or over all leaves taken together as GGR's global
 top-k requires) is done without sorting and without concatenating leaves:
 
-1. Each float score is mapped to an order-preserving ``uint32`` key, and ineligible entries are
-   folded into key 0 once, so that a search pass reads one ``uint32`` array per leaf.
-2. Bisection on the key finds the largest threshold ``t`` with ``count(key >= t) >= k``. Each pass
-   is one comparison and one count per leaf, summed to a scalar: O(n) work per pass, at most 32
-   passes (it stops as soon as a count equals ``k``), and every pass is a plain reduction, so it
-   shards across devices without gathering.
-3. Entries tied at ``t`` are taken in leaf order, then by lowest flat index inside the leaf (a
-   second bisection, on the index, run only when some leaf must take part of its ties), so the
-   selected count is exactly ``k`` and deterministic.
+1. Each float score is mapped to an order-preserving ``uint32`` key.
+2. The threshold ``t`` (the largest key with ``count(key >= t) >= k``) is found one byte at a
+   time, most significant first (a radix select). For each byte, one elementwise pass writes a
+   ``uint8`` array holding that byte of the entries whose higher bytes equal the prefix found so
+   far (0 elsewhere), and bisection over the 256 byte values counts ``digit >= x`` on that array:
+   at most 8 counting passes per byte, 32 in all, each reading one byte per entry, and the search
+   stops as soon as a count equals ``k``. A count is a plain reduction, so it shards across
+   devices without gathering anything but scalars.
+3. Entries tied at ``t`` are taken in leaf order, then by lowest flat index inside the leaf, so
+   the selected count is exactly ``k`` and deterministic. Only a leaf that takes part of its ties
+   searches the index: by peeling its few lowest tied indices one min-reduction at a time, or by
+   bisection when many are needed.
 
 ``k`` may be traced (dynamic): there is no static upper bound as with ``lax.top_k``.
 
-Performance notes (measured on XLA:CPU, see ``benchmarks/``): a count is written as a sum over
-chunks of at most 32 entries of the last axis followed by a sum of the chunk totals, which XLA
-fuses with the comparison into one loop; a plain ``jnp.sum`` of a large boolean array is instead
-rewritten into a tree of reduce-windows that first materialises an ``int32`` copy of the
-predicate. Per-leaf counts at both ends of the bracket are carried through the search, so the
-selected count of every leaf is known without counting the result again.
+Performance notes (XLA:CPU, see ``benchmarks/``): a count sums over axes of at most 32 entries
+that are not the last axis first (XLA fuses that with the comparison and vectorises it along the
+last axis), then sums the partial counts; a plain ``jnp.sum`` of a large boolean array is
+rewritten into a tree of reduce-windows that first writes an ``int32`` copy of the predicate.
+Keys are passed as functions and recomputed wherever they are needed, so that no ``uint32`` copy
+of the scores is kept: the only array-sized temporaries are one ``uint8`` digit array per leaf.
+Per-leaf counts at both ends of the bracket are carried through the search, so the number of
+entries selected in every leaf is known without counting the result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +38,23 @@ import numpy as np
 from jax import lax
 
 _U32_MAX = np.uint32(0xFFFFFFFF)
-_CHUNK = 32  # XLA:CPU fuses a reduction over <= 32 entries with its producer
+_CHUNK = 32  # XLA:CPU fuses a reduction over axes of <= 32 entries with its producer
+_PEEL = 16  # a leaf needing at most this many tied indices peels them instead of bisecting
+
+# A leaf's keys as ``(function, arrays)``: ``function(*arrays)`` gives the uint32 keys. The keys
+# are recomputed from the arrays in every pass that needs them, which XLA fuses into the pass:
+# no uint32 copy of the scores is kept in memory.
+KeySpec = tuple[Callable[..., jax.Array], tuple[jax.Array, ...]]
+
+
+def _keys(spec: KeySpec, token: jax.Array | None = None) -> jax.Array:
+    """The keys of ``spec``; inside a loop, ``token`` (a loop-carried scalar) ties the arrays to
+    the iteration so that XLA does not hoist the key computation out of the loop (and keep its
+    result in memory)."""
+    fn, arrays = spec
+    if token is not None:
+        arrays = lax.optimization_barrier((arrays, token))[0]
+    return fn(*arrays)
 
 
 def order_key(x: jax.Array) -> jax.Array:
@@ -79,8 +100,17 @@ def random_keys(key: jax.Array, shape: Sequence[int]) -> jax.Array:
     bijection, so a selection by these keys never meets a tie.
     """
     seed = jax.random.bits(key, (2,), jnp.uint32)
-    index = _flat_index(shape).astype(jnp.uint32)
-    return _fmix32(_fmix32(index ^ seed[0]) + seed[1])
+    # index + seed[0], built from the seed up so that no part of it is loop-invariant (XLA would
+    # hoist a loop-invariant index out of the selection loop and keep it in memory)
+    h = jnp.full(tuple(shape), seed[0])
+    stride = 1
+    for d in reversed(range(len(shape))):
+        h = h + lax.broadcasted_iota(jnp.uint32, tuple(shape), d) * jnp.uint32(stride)
+        stride *= shape[d]
+    return _fmix32(_fmix32(h) + seed[1])
+
+
+# --- fused reductions ---------------------------------------------------------------------------
 
 
 def _chunk(d: int, reserve: int = 7) -> int:
@@ -102,39 +132,61 @@ def _chunk(d: int, reserve: int = 7) -> int:
     return best
 
 
-def count_true(pred: jax.Array) -> jax.Array:
-    """Number of True entries of ``pred`` (int32 scalar), as one fused, vectorised pass.
-
-    The first-level sum runs over axes of at most 32 entries that are not the last (contiguous)
-    axis: XLA:CPU fuses such a reduction with the producer of ``pred`` and vectorises it along the
-    last axis. (A plain ``jnp.sum`` of a large array is rewritten into a tree of reduce-windows that
-    first writes an ``int32`` copy of ``pred``.) Axes are split only into chunks that keep the
-    shards of a power-of-two sharding whole, so the count needs no gather (see :func:`_chunk`).
-    """
-    shape = pred.shape
-    if pred.ndim == 0:
-        return pred.astype(jnp.int32)
-    axes = [a for a in range(pred.ndim - 1) if shape[a] <= _CHUNK]
+def _partial_axes(shape: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    """A reshape of ``shape`` and the axes of at most 32 entries to reduce first (see below)."""
+    axes = [a for a in range(len(shape) - 1) if shape[a] <= _CHUNK]
     new_shape = list(shape)
-    if pred.ndim >= 2 and shape[-2] > _CHUNK:
+    if len(shape) >= 2 and shape[-2] > _CHUNK:
         c = _chunk(shape[-2])
         if c > 1:
             new_shape[-2:-1] = [shape[-2] // c, c]
-            axes.append(pred.ndim - 1)  # the chunk axis, in the new shape
-    elif pred.ndim == 1 and shape[0] > _CHUNK:
+            axes.append(len(shape) - 1)  # the chunk axis, in the new shape
+    elif len(shape) == 1 and shape[0] > _CHUNK:
         c = _chunk(shape[0])  # a vector: chunks of the last axis (fused, not vectorised)
         if c > 1:
             new_shape = [shape[0] // c, c]
             axes.append(1)
+    return new_shape, axes
+
+
+def _reduce(x: jax.Array, op: str) -> jax.Array:
+    """``sum`` (int32 count of a bool array), ``min`` or ``max`` of ``x``, as one fused pass.
+
+    The first level reduces axes of at most 32 entries that are not the last (contiguous) axis:
+    XLA:CPU fuses such a reduction with the producer of ``x`` and vectorises it along the last
+    axis. (A plain reduction of a large array is rewritten into a tree of reduce-windows that first
+    writes a copy of its input.) Axes are split only into chunks that keep the shards of a
+    power-of-two sharding whole, so the result needs no gather (see :func:`_chunk`).
+    """
+    if op == "sum":
+        x = x.astype(jnp.int32)
+    first = {"sum": jnp.sum, "min": jnp.min, "max": jnp.max}[op]
+    if x.ndim == 0:
+        return x
+    new_shape, axes = _partial_axes(x.shape)
     if not axes:
-        return jnp.sum(pred, dtype=jnp.int32)
-    partial = jnp.sum(pred.reshape(new_shape), axis=tuple(axes), dtype=jnp.int32)
-    # The uint32 round trip keeps XLA from merging the two reductions back into one.
-    return jnp.sum(partial.astype(jnp.uint32), dtype=jnp.uint32).astype(jnp.int32)
+        return first(x)
+    partial = first(x.reshape(new_shape), axis=tuple(axes))
+    if op == "sum":  # the uint32 round trip keeps XLA from merging the two reductions
+        return jnp.sum(partial.astype(jnp.uint32), dtype=jnp.uint32).astype(jnp.int32)
+    return first(partial)
+
+
+def count_true(pred: jax.Array) -> jax.Array:
+    """Number of True entries of ``pred`` (int32 scalar), as one fused, vectorised pass."""
+    return _reduce(pred, "sum")
+
+
+# --- the search ---------------------------------------------------------------------------------
+
+
+def _when(pred: jax.Array, f: Callable[[], jax.Array], otherwise: jax.Array) -> jax.Array:
+    """``f()`` if ``pred`` else ``otherwise``, running ``f`` only when needed."""
+    return lax.cond(pred, f, lambda: otherwise)
 
 
 def _select(
-    keys: Sequence[jax.Array],
+    key_specs: Sequence[KeySpec],
     eligible: Sequence[jax.Array],
     k: jax.Array,
     groups: Sequence[int],
@@ -142,66 +194,77 @@ def _select(
 ) -> tuple[list[jax.Array], jax.Array]:
     """Selects, in each group of leaves, the ``k[g]`` eligible entries of largest key.
 
+    ``key_specs[i]`` gives the ``uint32`` keys of leaf ``i`` (see :data:`KeySpec`).
     Returns the selection masks and the number of entries selected in each leaf.
     """
-    n = len(keys)
+    n = len(key_specs)
+    shapes = [tuple(e.shape) for e in eligible]
     groups_arr = np.asarray(groups)
     members = [np.flatnonzero(groups_arr == g) for g in range(num_groups)]
+    alone = all(len(m) == 1 for m in members)  # per-leaf selection: a leaf can stop early
 
     def group_sum(per_leaf: jax.Array) -> jax.Array:
         # Static scatter of per-leaf scalars into groups: a few scalar adds, no gather of arrays.
         return jnp.stack([sum((per_leaf[i] for i in members[g]), jnp.int32(0))
                           for g in range(num_groups)])
 
-    def per_leaf(v: jax.Array) -> list[jax.Array]:
-        return [v[g] for g in groups]
+    def to_leaves(v: jax.Array) -> jax.Array:
+        return jnp.stack([v[g] for g in groups])
 
-    # Ineligible entries become key 0. Every threshold tried is >= 1, so a count on the folded
-    # keys is exactly the count of eligible entries; the threshold 0 itself is never tried (its
-    # count is the number of eligible entries, known up front).
-    folded = [jnp.where(e, x, jnp.uint32(0)) for x, e in zip(keys, eligible)]
     n_elig_leaf = jnp.stack([count_true(e) for e in eligible])
-    n_elig = group_sum(n_elig_leaf)
-    k = jnp.clip(jnp.asarray(k, jnp.int32), 0, n_elig)
-    positive = k > 0
+    k = jnp.clip(jnp.asarray(k, jnp.int32), 0, group_sum(n_elig_leaf))
 
-    def counts_ge(t: jax.Array) -> jax.Array:
-        tl = per_leaf(t)
-        return jnp.stack([count_true(x >= tl[i]) for i, x in enumerate(folded)])
-
-    # Phase 1: per group, the largest t with count(key >= t) >= k, by bisection on uint32.
-    # Invariant: t in [lo, hi]; per leaf, c_lo = count(key >= lo), c_hi = count(key > hi).
-    # k == 0 starts closed at the top key with empty counts (nothing is selected).
-    positive_leaf = jnp.stack(per_leaf(positive))
-    zeros = jnp.zeros((n,), jnp.int32)
+    # Invariant, per group: t in [lo, hi]; per leaf, c_lo = count(key >= lo) and
+    # c_hi = count(key > hi). A group is settled when c_lo sums to k (everything >= lo is the
+    # answer) or lo == hi (ties at t). k == 0 starts settled at the top key with empty counts.
     hi = jnp.full((num_groups,), _U32_MAX, jnp.uint32)
-    lo = jnp.where(positive, jnp.uint32(0), hi)
-    c_lo = jnp.where(positive_leaf, n_elig_leaf, zeros)
+    lo = jnp.where(k > 0, jnp.uint32(0), hi)
+    c_lo = jnp.where(to_leaves(k) > 0, n_elig_leaf, 0)
+    c_hi = jnp.zeros((n,), jnp.int32)
 
-    def open_groups(lo, hi, c_lo):
-        return (lo < hi) & (group_sum(c_lo) != k)
+    def is_open(lo, hi, c_lo, shift):
+        return (((lo >> shift) & 0xFF) < ((hi >> shift) & 0xFF)) & (group_sum(c_lo) != k)
 
-    def value_step(state):
-        lo, hi, c_lo, c_hi = state
-        active = open_groups(lo, hi, c_lo)
-        mid = jnp.where(active, lo + (hi - lo) // 2 + jnp.uint32(1), lo)
-        c = counts_ge(mid)
-        up = active & (group_sum(c) >= k)
-        down = active & ~up
-        up_leaf, down_leaf = jnp.stack(per_leaf(up)), jnp.stack(per_leaf(down))
-        return (
-            jnp.where(up, mid, lo),
-            jnp.where(down, mid - jnp.uint32(1), hi),
-            jnp.where(up_leaf, c, c_lo),
-            jnp.where(down_leaf, c, c_hi),
-        )
+    def phase(state):
+        # One byte of t: digits of the entries inside the current prefix block, then bisection.
+        byte, lo, hi, c_lo, c_hi = state
+        shift = jnp.uint32(24) - jnp.uint32(8) * byte.astype(jnp.uint32)
+        lo_leaf, c_above = to_leaves(lo), c_hi  # c_above = count(key > top of the prefix block)
+        digits = []
+        for i in range(n):
+            x = _keys(key_specs[i], byte)  # (a shift by 32 gives 0: byte 0 has no prefix)
+            in_block = eligible[i] & ((x >> (shift + 8)) == (lo_leaf[i] >> (shift + 8)))
+            digits.append(jnp.where(in_block, (x >> shift).astype(jnp.uint8), jnp.uint8(0)))
 
-    lo, hi, c_lo, c_hi = lax.while_loop(
-        lambda s: jnp.any(open_groups(*s[:3])), value_step, (lo, hi, c_lo, zeros))
-    t = lo
-    # Entries with key > hi (c_hi per leaf) are all in; the rest comes from [lo, hi], which is
-    # either a single key value (ties) or a range whose count completes k exactly. Those entries
-    # are taken leaf by leaf in leaf order (prefix sums over the group's leaves).
+        def step(state):
+            lo, hi, c_lo, c_hi = state
+            active = is_open(lo, hi, c_lo, shift)
+            d_lo, d_hi = (lo >> shift) & 0xFF, (hi >> shift) & 0xFF
+            mid = d_lo + (d_hi - d_lo) // 2 + 1  # in [1, 255]: digit 0 is never counted
+            mid_leaf, active_leaf = to_leaves(mid.astype(jnp.uint8)), to_leaves(active)
+            c = c_above + jnp.stack([
+                _when(active_leaf[i], lambda i=i: count_true(digits[i] >= mid_leaf[i]),
+                      jnp.int32(0)) if alone else count_true(digits[i] >= mid_leaf[i])
+                for i in range(n)])
+            up = active & (group_sum(c) >= k)
+            down = active & ~up
+            value = (lo & ~(jnp.uint32(0xFF) << shift)) | (mid << shift)
+            return (jnp.where(up, value, lo), jnp.where(down, value - jnp.uint32(1), hi),
+                    jnp.where(to_leaves(up), c, c_lo), jnp.where(to_leaves(down), c, c_hi))
+
+        out = lax.while_loop(lambda s: jnp.any(is_open(*s[:3], shift)), step, (lo, hi, c_lo, c_hi))
+        return (byte + 1, *out)
+
+    def unsettled(state):
+        _, lo, hi, c_lo, _ = state
+        return jnp.any((lo < hi) & (group_sum(c_lo) != k))
+
+    _, lo, hi, c_lo, c_hi = lax.while_loop(unsettled, phase, (jnp.int32(0), lo, hi, c_lo, c_hi))
+
+    # Entries above hi (c_hi per leaf) are all in; the rest comes from [lo, hi]: a range whose
+    # count completes k exactly, or a single key value t = lo whose ties are taken leaf by leaf
+    # in leaf order (prefix sums over the group's leaves), then by flat index.
+    t_leaf = to_leaves(lo)
     need = k - group_sum(c_hi)
     tie = c_lo - c_hi
     take = []
@@ -212,37 +275,89 @@ def _select(
         before[g] = before[g] + tie[i]
     take = jnp.stack(take)
     full = (take > 0) & (take >= tie)  # every entry of [lo, hi] in this leaf is taken
-    partial = (take > 0) & (take < tie)  # only possible when lo == hi: ties at t, cut by flat index
-    t_leaf = per_leaf(t)
+    partial = (take > 0) & (take < tie)  # only when lo == hi: ties at t, cut by flat index
 
     def fast_masks():
-        # key >= t (all of [lo, hi]) or key > t (none of it; lo == hi here).
-        return [e & jnp.where(full[i], x >= t_leaf[i], x > t_leaf[i])
-                for i, (x, e) in enumerate(zip(folded, eligible))]
+        return [eligible[i] & jnp.where(full[i], x >= t_leaf[i], x > t_leaf[i])
+                for i, x in enumerate(_keys(spec) for spec in key_specs)]
 
     def index_masks():
-        # Phase 2: per leaf, the smallest index bound j with count(tied & idx < j) >= take.
-        index = [_flat_index(x.shape) for x in keys]
-        tied = [e & (x == t_leaf[i]) for i, (x, e) in enumerate(zip(folded, eligible))]
-        sizes = jnp.asarray([int(np.prod(x.shape, dtype=np.int64)) for x in keys], jnp.int32)
-        jlo = jnp.where(partial, 0, jnp.where(full, sizes, 0))
-        jhi = jnp.where(partial, sizes, jlo)
-
-        def index_step(state):
-            jlo, jhi = state
-            active = jlo < jhi
-            mid = jlo + (jhi - jlo) // 2
-            c = jnp.stack([count_true(tie_ & (ix < mid[i]))
-                           for i, (tie_, ix) in enumerate(zip(tied, index))])
-            enough = active & (c >= take)
-            return jnp.where(active & ~enough, mid + 1, jlo), jnp.where(enough, mid, jhi)
-
-        jlo, _ = lax.while_loop(lambda s: jnp.any(s[0] < s[1]), index_step, (jlo, jhi))
-        return [e & ((x > t_leaf[i]) | ((x == t_leaf[i]) & (ix < jlo[i])))
-                for i, (x, e, ix) in enumerate(zip(folded, eligible, index))]
+        bound = _index_bounds([lambda token, i=i: eligible[i]
+                               & (_keys(key_specs[i], token) == t_leaf[i]) for i in range(n)],
+                              shapes, take, partial)
+        bound = jnp.where(full, jnp.int32(2**31 - 1), bound)  # a full leaf takes all its ties
+        return [eligible[i] & ((x > t_leaf[i]) | ((x == t_leaf[i])
+                                                   & (_flat_index(shapes[i]) < bound[i])))
+                for i, x in enumerate(_keys(spec) for spec in key_specs)]
 
     selected = lax.cond(jnp.any(partial), index_masks, fast_masks)
     return selected, c_hi + take
+
+
+def _index_bounds(tied_fns: Sequence[Callable[[jax.Array], jax.Array]], shapes: Sequence[tuple[int, ...]],
+                  take: jax.Array, partial: jax.Array) -> jax.Array:
+    """Per leaf, a bound j with exactly ``take`` tied entries at flat index < j (0 if none).
+
+    A leaf takes its ``take`` lowest tied indices: by peeling them one min-reduction each when
+    there are few, or else by bisection on j.
+    """
+    n = len(shapes)
+    sizes = jnp.asarray([int(np.prod(s, dtype=np.int64)) for s in shapes], jnp.int32)
+    peel = partial & (take <= _PEEL)
+    # peeling: j rises to (index of the take-th tie) + 1 while ``left`` counts down to 0;
+    # bisection: the smallest j in [jlo, jhi] with count(tied & index < j) >= take.
+    jlo = jnp.zeros((n,), jnp.int32)
+    jhi = jnp.where(partial & ~peel, sizes, 0)
+    left = jnp.where(peel, take, 0)
+
+    def leaf_step(i, jlo_i, jhi_i, left_i):
+        # (index and ties are computed inside each branch, so that XLA fuses them into the pass)
+        def peel_low():
+            index = _flat_index(shapes[i])
+            candidate = tied_fns[i](jlo_i) & (index >= jlo_i)
+            nxt = _reduce(jnp.where(candidate, index, sizes[i]), "min") + 1
+            return nxt, jhi_i, left_i - 1
+
+        def bisect():
+            mid = jlo_i + (jhi_i - jlo_i) // 2
+            enough = count_true(tied_fns[i](mid) & (_flat_index(shapes[i]) < mid)) >= take[i]
+            return jnp.where(enough, jlo_i, mid + 1), jnp.where(enough, mid, jhi_i), left_i
+
+        def done():
+            return jlo_i, jhi_i, left_i
+
+        branch = jnp.where(left_i > 0, 1, jnp.where(jlo_i < jhi_i, 2, 0))
+        return lax.switch(branch, [done, peel_low, bisect])
+
+    def step(state):
+        out = [leaf_step(i, *(v[i] for v in state)) for i in range(n)]
+        return tuple(jnp.stack(v) for v in zip(*out, strict=True))
+
+    def any_active(state):
+        jlo, jhi, left = state
+        return jnp.any((left > 0) | (jlo < jhi))
+
+    return lax.while_loop(any_active, step, (jlo, jhi, left))[0]
+
+
+def select_per_leaf(key_specs: Sequence[KeySpec], eligible: Sequence[jax.Array], k: jax.Array
+                    ) -> tuple[list[jax.Array], jax.Array]:
+    """:func:`top_k_per_leaf` with keys given as :data:`KeySpec`; also returns per-leaf counts."""
+    if not key_specs:
+        return [], jnp.zeros((0,), jnp.int32)
+    return _select(key_specs, eligible, k, list(range(len(key_specs))), len(key_specs))
+
+
+def select_global(key_specs: Sequence[KeySpec], eligible: Sequence[jax.Array], k: jax.Array
+                  ) -> tuple[list[jax.Array], jax.Array]:
+    """:func:`top_k_global` with keys given as :data:`KeySpec`; also returns per-leaf counts."""
+    if not key_specs:
+        return [], jnp.zeros((0,), jnp.int32)
+    return _select(key_specs, eligible, jnp.reshape(k, (1,)), [0] * len(key_specs), 1)
+
+
+def _const(x: jax.Array) -> KeySpec:
+    return (lambda x: x), (x,)
 
 
 def top_k_per_leaf(
@@ -258,9 +373,7 @@ def top_k_per_leaf(
     Returns:
       Bool arrays with exactly ``clip(k[i], 0, #eligible_i)`` entries set in leaf ``i``.
     """
-    if not keys:
-        return []
-    return _select(keys, eligible, k, list(range(len(keys))), len(keys))[0]
+    return select_per_leaf([_const(x) for x in keys], eligible, k)[0]
 
 
 def top_k_global(
@@ -279,6 +392,4 @@ def top_k_global(
     Returns:
       Bool arrays, one per leaf, with exactly ``clip(k, 0, #eligible)`` entries set in total.
     """
-    if not keys:
-        return []
-    return _select(keys, eligible, jnp.reshape(k, (1,)), [0] * len(keys), 1)[0]
+    return select_global([_const(x) for x in keys], eligible, k)[0]
