@@ -254,14 +254,15 @@ def redistribute(
     def count(xs):
         return jnp.stack([count_true(x) for x in xs]) if xs else jnp.zeros(0, jnp.int32)
 
-    def finish(new_masks, new_weights, dropped, grown, skipped):
+    def finish(new_masks, new_weights, dropped, grown, skipped, active=None):
         leaves_p = list(w_leaves)
         leaves_m = list(m_leaves)
         for j, i in enumerate(sparse):
             leaves_p[i] = new_weights[j]
             leaves_m[i] = new_masks[j]
         info = {
-            "active": _tree_of(treedef, n, sparse, list(count(new_masks))),
+            "active": _tree_of(treedef, n, sparse,
+                               list(count(new_masks) if active is None else active)),
             "dropped": _tree_of(treedef, n, sparse, list(dropped)),
             "grown": _tree_of(treedef, n, sparse, list(grown)),
             "moved": jnp.sum(jnp.maximum(grown - dropped, 0)).astype(jnp.int32),
@@ -284,9 +285,10 @@ def redistribute(
         n_drop = jnp.minimum(jnp.floor(fraction * active.astype(jnp.float32)).astype(jnp.int32),
                              active - floor_min)
         drop, _ = select_per_leaf([(lambda w: order_key(-jnp.abs(w)), (w,)) for w in weights],
-                                  masks_in, n_drop)
+                                  masks_in, n_drop, n_eligible=active)
         kept = [m & ~d for m, d in zip(masks_in, drop)]
         free = [~k for k in kept]
+        n_free = sizes - active + n_drop  # (counts the kernel need not count again)
         total = jnp.sum(n_drop)
 
         def restrict(specs):
@@ -305,30 +307,32 @@ def redistribute(
             scored = signal
             if method.normalize is not None:
                 scored = [(lambda x: x, (_normalize(f(*a), method.normalize),)) for f, a in signal]
-            global_pick, n_grow = select_global(keys(scored), free, total)
+            global_pick, n_grow = select_global(keys(scored), free, total, n_eligible=n_free)
         else:  # momentum
             mean_mom = jnp.stack([jnp.sum(jnp.where(m, f(*a), 0.0))
                                   for m, (f, a) in zip(masks_in, mom)])
             mean_mom = mean_mom / jnp.maximum(active, 1).astype(jnp.float32)
-            n_grow = capped_shares(total, mean_mom, sizes - count(kept), jnp)
+            n_grow = capped_shares(total, mean_mom, n_free, jnp)
 
         if method.place == "gradient" and global_pick is not None:
-            grow = global_pick  # per-layer normalisation keeps the order inside each layer
+            grow, grown = global_pick, n_grow  # per-layer normalisation keeps the order in a layer
         elif method.place in ("gradient", "momentum"):
-            grow, _ = select_per_leaf(keys(signal if method.place == "gradient" else mom), free,
-                                      n_grow)
+            grow, grown = select_per_leaf(keys(signal if method.place == "gradient" else mom),
+                                          free, n_grow, n_eligible=n_free)
         else:
             subkeys = jax.random.split(key, len(weights))
             noise = restrict([(lambda k, shape=w.shape: random_keys(k, shape), (k,))
                               for k, w in zip(subkeys, weights)])
             if method.place == "random":
-                grow, _ = select_per_leaf(noise, free, n_grow)
+                grow, grown = select_per_leaf(noise, free, n_grow, interpolate=True,
+                                              n_eligible=n_free)
             else:  # mixed
                 n_grad = jnp.round(method.rho * n_grow.astype(jnp.float32)).astype(jnp.int32)
-                by_grad, _ = select_per_leaf(keys(signal), free, n_grad)
+                by_grad, c_grad = select_per_leaf(keys(signal), free, n_grad, n_eligible=n_free)
                 rest = [f & ~b for f, b in zip(free, by_grad)]
-                by_rand, _ = select_per_leaf(noise, rest, n_grow - n_grad)
-                grow = [b | r for b, r in zip(by_grad, by_rand)]
+                by_rand, c_rand = select_per_leaf(noise, rest, n_grow - n_grad, interpolate=True,
+                                                  n_eligible=n_free - c_grad)
+                grow, grown = [b | r for b, r in zip(by_grad, by_rand)], c_grad + c_rand
 
         new_masks = [k | g for k, g in zip(kept, grow)]
         # A weight pruned and regrown in the same update never leaves the mask: it keeps its value,
@@ -336,7 +340,7 @@ def redistribute(
         # dynamic_sparse applies the update. Pruned weights and weights new to the mask are 0.
         new_weights = [jnp.where(m & nm, w, jnp.zeros((), w.dtype))
                        for m, nm, w in zip(masks_in, new_masks, weights)]
-        return finish(new_masks, new_weights, n_drop, n_grow, False)
+        return finish(new_masks, new_weights, n_drop, n_grow, False, active - n_drop + grown)
 
     if not skip_nonfinite:
         return update()
