@@ -17,8 +17,9 @@ import argparse
 import os
 
 # Fake host devices when running on a CPU; a no-op for accelerators (only the CPU backend reads it).
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -44,7 +45,11 @@ class MLP(nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() (one process per host)",
+    )
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
     if args.distributed:
@@ -55,9 +60,11 @@ def main() -> None:
     model, batch = MLP(), 256
 
     def spec(path, x):  # kernel rows over data (FSDP), columns over model, where they divide
-        axes = ("data", "model")[-x.ndim:]
-        return NamedSharding(mesh, P(*(a if d % mesh.shape[a] == 0 else None
-                                       for a, d in zip(axes, x.shape, strict=True))))
+        axes = ("data", "model")[-x.ndim :]
+        return NamedSharding(
+            mesh,
+            P(*(a if d % mesh.shape[a] == 0 else None for a, d in zip(axes, x.shape, strict=True))),
+        )
 
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 784)))
     shardings = jax.tree_util.tree_map_with_path(spec, abstract)
@@ -87,8 +94,13 @@ def main() -> None:
         def topology_update(operands):
             params, masks, opt_state = operands
             new_params, new_masks, info = gj.redistribute(
-                params, masks, grads, jax.random.fold_in(jax.random.key(1), step),
-                method=gj.ggr(), fraction=schedule(step))
+                params,
+                masks,
+                grads,
+                jax.random.fold_in(jax.random.key(1), step),
+                method=gj.ggr(),
+                fraction=schedule(step),
+            )
             new_state = gj.reset_optimizer_state(tx, opt_state, masks, new_masks)
             return (new_params, new_masks, new_state), info["moved"]
 
@@ -97,7 +109,8 @@ def main() -> None:
 
         due = (step > 0) & (step % 50 == 0) & (step < args.steps * 3 // 4)
         (params, masks, opt_state), moved = jax.lax.cond(
-            due, topology_update, no_update, (params, masks, opt_state))
+            due, topology_update, no_update, (params, masks, opt_state)
+        )
         return params, masks, opt_state, loss, moved
 
     # A fixed synthetic task: the labels come from a random linear teacher.
@@ -111,15 +124,19 @@ def main() -> None:
         y = jax.make_array_from_callback(labels.shape, batch_sharding, lambda i, h=labels: h[i])
         params, masks, opt_state, loss, moved = step(params, masks, opt_state, x, y, t)
         if t % 50 == 0 or t == args.steps - 1:
-            dens = {"/".join(str(k.key) for k in path[1:-1]): round(float(d), 3) for path, d in
-                    jax.tree_util.tree_flatten_with_path(gj.mask_densities(masks))[0]}
+            dens = {
+                "/".join(str(k.key) for k in path[1:-1]): round(float(d), 3)
+                for path, d in jax.tree_util.tree_flatten_with_path(gj.mask_densities(masks))[0]
+            }
             print(f"step {t:4d}  loss {float(loss):.3f}  moved {int(moved):5d}  density {dens}")
 
     kernel = masks["params"]["Dense_0"]["kernel"]
     assert kernel.sharding.is_equivalent_to(shardings["params"]["Dense_0"]["kernel"], 2)
     assert int(sum(np.sum(m) for m in jax.tree.leaves(masks))) == total  # exact counts
-    print(f"{n} devices, mesh {dict(mesh.shape)}; masks sharded {kernel.sharding.spec}; "
-          f"{total} active weights throughout")
+    print(
+        f"{n} devices, mesh {dict(mesh.shape)}; masks sharded {kernel.sharding.spec}; "
+        f"{total} active weights throughout"
+    )
 
 
 if __name__ == "__main__":

@@ -16,25 +16,11 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
 
-PROCESS_ID, PORT, OUT = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.config.update("jax_num_cpu_devices", 4)
-jax.distributed.initialize(
-    coordinator_address=f"localhost:{PORT}",
-    num_processes=2,
-    process_id=PROCESS_ID,
-    initialization_timeout=120,
-)
-
-import numpy as np  # noqa: E402
-from jax.experimental import multihost_utils  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-
-import ggr_jax as gj  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _sharding_worker import collectives, configs, problem  # noqa: E402
+import ggr_jax as gj
 
 METHODS = {"ggr": gj.ggr(), "rigl": gj.rigl()}
 
@@ -58,6 +44,18 @@ def global_arrays(tree, mesh, specs):
 
 
 def main() -> None:
+    process_id, port, out = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_num_cpu_devices", 4)
+    jax.distributed.initialize(
+        coordinator_address=f"localhost:{port}",
+        num_processes=2,
+        process_id=process_id,
+        initialization_timeout=120,
+    )
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _sharding_worker import collectives, configs, problem
+
     assert jax.process_count() == 2 and jax.device_count() == 8, jax.devices()
     params, masks, grads = problem()
     mesh, specs = configs()["two_axes"]
@@ -78,9 +76,9 @@ def main() -> None:
             "moved": int(info["moved"].addressable_data(0)),  # replicated scalar
             **collectives(compiled),
         }
-    if PROCESS_ID == 0:
-        np.savez(OUT / "result.npz", **{k.replace("/", "__"): v for k, v in arrays.items()})
-        (OUT / "report.json").write_text(json.dumps(report))
+    if process_id == 0:
+        np.savez(out / "result.npz", **{k.replace("/", "__"): v for k, v in arrays.items()})
+        (out / "report.json").write_text(json.dumps(report))
     jax.distributed.shutdown()
 
 
