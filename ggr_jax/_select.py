@@ -7,10 +7,11 @@ top-k requires) is done without sorting and without concatenating leaves:
 2. The threshold ``t`` (the largest key with ``count(key >= t) >= k``) is found one byte at a
    time, most significant first (a radix select). For each byte, one elementwise pass writes a
    ``uint8`` array holding that byte of the entries whose higher bytes equal the prefix found so
-   far (0 elsewhere), and bisection over the 256 byte values counts ``digit >= x`` on that array:
-   at most 8 counting passes per byte, 32 in all, each reading one byte per entry, and the search
-   stops as soon as a count equals ``k``. A count is a plain reduction, so it shards across
-   devices without gathering anything but scalars.
+   far (0 elsewhere), and a search over the 256 byte values counts ``digit >= x`` on that array,
+   each count reading one byte per entry: bisection for the most significant byte (8 counts),
+   interpolation with a bisection safeguard for the others (typically 2-6 counts each), and the
+   search stops as soon as a count equals ``k``. A count is a plain reduction, so it shards
+   across devices without gathering anything but scalars.
 3. Entries tied at ``t`` are taken in leaf order, then by lowest flat index inside the leaf, so
    the selected count is exactly ``k`` and deterministic. Only a leaf that takes part of its ties
    searches the index: by peeling its few lowest tied indices one min-reduction at a time, or by
@@ -197,10 +198,11 @@ def _select(
 ) -> tuple[list[jax.Array], jax.Array]:
     """Selects, in each group of leaves, the ``k[g]`` eligible entries of largest key.
 
-    With ``interpolate``, each byte is searched by interpolation (the count of a probe is
-    assumed linear in the byte value, as for uniformly random keys), falling back to bisection
-    after a probe that did not halve the bracket; otherwise by bisection. ``n_eligible`` (per-leaf
-    counts of ``eligible``, when the caller knows them) saves a counting pass.
+    A byte is searched by interpolation (the count of a probe taken as linear in the byte value
+    inside the bracket), falling back to bisection for one probe after a probe that did not halve
+    the bracket. The most significant byte (sign and exponent of a float score, far from linear)
+    is searched by bisection, unless ``interpolate`` says that the keys are uniformly random.
+    ``n_eligible`` (per-leaf counts of ``eligible``, when the caller knows them) saves a pass.
 
     ``key_specs[i]`` gives the ``uint32`` keys of leaf ``i`` (see :data:`KeySpec`).
     Returns the selection masks and the number of entries selected in each leaf.
@@ -250,11 +252,12 @@ def _select(
             active = is_open(lo, hi, c_lo, shift)
             d_lo, d_hi = (lo >> shift) & 0xFF, (hi >> shift) & 0xFF
             mid = d_lo + (d_hi - d_lo) // 2 + 1  # in [1, 255]: digit 0 is never counted
-            if interpolate:
-                above, total = group_sum(c_lo) - k, group_sum(c_lo) - group_sum(c_hi)
-                frac = above.astype(jnp.float32) / jnp.maximum(total, 1).astype(jnp.float32)
-                guess = d_lo + (frac * (d_hi - d_lo + 1).astype(jnp.float32)).astype(jnp.uint32)
-                mid = jnp.where(bisect, mid, jnp.clip(guess, d_lo + 1, d_hi))
+            # interpolation: the count taken as linear in the byte value inside the bracket
+            above, total = group_sum(c_lo) - k, group_sum(c_lo) - group_sum(c_hi)
+            frac = above.astype(jnp.float32) / jnp.maximum(total, 1).astype(jnp.float32)
+            guess = d_lo + (frac * (d_hi - d_lo + 1).astype(jnp.float32)).astype(jnp.uint32)
+            use = ~bisect & (byte >= (0 if interpolate else 1))
+            mid = jnp.where(use, jnp.clip(guess, d_lo + 1, d_hi), mid)
             mid_leaf, active_leaf = to_leaves(mid.astype(jnp.uint8)), to_leaves(active)
             c = c_above + jnp.stack([
                 _when(active_leaf[i], lambda i=i: count_true(digits[i] >= mid_leaf[i]),
