@@ -16,12 +16,18 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ggr_jax._apportion import largest_remainder
-from ggr_jax._tree import PyTree, check_spec, check_unit_interval, is_concrete, leaves_with_paths
+from ggr_jax._tree import (
+    PyTree,
+    check_spec,
+    check_unit_interval,
+    is_concrete,
+    leaves_with_paths,
+    unflatten_at,
+)
 
 
 def _xp(*values: Any) -> Any:
@@ -35,13 +41,6 @@ def _layers(params: PyTree, spec: PyTree | None):
     if not layers:
         raise ValueError("no sparsifiable leaves: the spec marks every leaf dense")
     return paths, leaves, treedef, layers
-
-
-def _unflatten(treedef, n: int, layers: list[int], values: list[Any]) -> PyTree:
-    out: list[Any] = [None] * n
-    for i, v in zip(layers, values):
-        out[i] = v
-    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def _solve(
@@ -74,7 +73,7 @@ def _solve(
     density = xp.where(dense, 1.0, eps * raw)
     counts = largest_remainder(density * sizes, target, xp)
     out = counts.astype(ftype) / sizes
-    return _unflatten(treedef, len(leaves), layers, [out[j] for j in range(len(layers))])
+    return unflatten_at(treedef, len(leaves), layers, [out[j] for j in range(len(layers))])
 
 
 def uniform_densities(
@@ -188,4 +187,4 @@ def custom_densities(
         size = int(np.prod(np.shape(leaves[i]), dtype=np.int64))
         xp = _xp(match)
         out.append(xp.round(xp.asarray(match) * size) / size)
-    return _unflatten(treedef, len(leaves), layers, out)
+    return unflatten_at(treedef, len(leaves), layers, out)

@@ -9,8 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ggr_jax._select import order_key, top_k_per_leaf
-from ggr_jax._tree import PyTree, check_masks, check_unit_interval, is_concrete
-from ggr_jax._tree import leaves_with_paths, map_sparse
+from ggr_jax._tree import (
+    PyTree,
+    check_masks,
+    check_unit_interval,
+    is_concrete,
+    leaves_with_paths,
+    map_sparse,
+    unflatten_at,
+)
 
 
 def _active_count(path: str, density: Any, size: int) -> Any:
@@ -55,10 +62,7 @@ def random_masks(params: PyTree, densities: PyTree, key: jax.Array) -> PyTree:
     ) if sparse else jnp.zeros((0,), jnp.int32)
     scores = [order_key(jax.random.uniform(keys[j], np.shape(leaves[i]))) for j, i in enumerate(sparse)]
     selected = top_k_per_leaf(scores, [jnp.ones(s.shape, bool) for s in scores], counts)
-    out: list[Any] = [None] * len(leaves)
-    for i, m in zip(sparse, selected):
-        out[i] = m
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return unflatten_at(treedef, len(leaves), sparse, selected)
 
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:

@@ -20,8 +20,15 @@ from jax import lax
 
 from ggr_jax._apportion import capped_shares
 from ggr_jax._select import count_true, order_key, random_keys, select_global, select_per_leaf
-from ggr_jax._tree import PyTree, check_like, check_masks, check_unit_interval, is_concrete
-from ggr_jax._tree import leaves_with_paths
+from ggr_jax._tree import (
+    PyTree,
+    check_like,
+    check_masks,
+    check_unit_interval,
+    is_concrete,
+    leaves_with_paths,
+    unflatten_at,
+)
 
 _ALLOCATE = ("none", "per_layer", "global_gradient", "momentum")
 _PLACE = ("none", "gradient", "random", "mixed", "momentum")
@@ -164,13 +171,6 @@ def _normalize(g: jax.Array, how: str | None) -> jax.Array:
     return g / jnp.where(scale > 0, scale, 1.0)
 
 
-def _tree_of(treedef, n: int, sparse: list[int], values: list[Any]) -> PyTree:
-    out: list[Any] = [None] * n
-    for i, v in zip(sparse, values):
-        out[i] = v
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
 def redistribute(
     params: PyTree,
     masks: PyTree,
@@ -261,10 +261,10 @@ def redistribute(
             leaves_p[i] = new_weights[j]
             leaves_m[i] = new_masks[j]
         info = {
-            "active": _tree_of(treedef, n, sparse,
+            "active": unflatten_at(treedef, n, sparse,
                                list(count(new_masks) if active is None else active)),
-            "dropped": _tree_of(treedef, n, sparse, list(dropped)),
-            "grown": _tree_of(treedef, n, sparse, list(grown)),
+            "dropped": unflatten_at(treedef, n, sparse, list(dropped)),
+            "grown": unflatten_at(treedef, n, sparse, list(grown)),
             "moved": jnp.sum(jnp.maximum(grown - dropped, 0)).astype(jnp.int32),
             "skipped": jnp.asarray(skipped, jnp.bool_),
         }

@@ -100,6 +100,14 @@ def sparsifiable(
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def unflatten_at(treedef, n: int, positions: list[int], values: list[Any]) -> PyTree:
+    """A tree of ``treedef`` (``n`` leaves) holding ``values`` at leaf ``positions``, else None."""
+    out: list[Any] = [None] * n
+    for i, v in zip(positions, values, strict=True):
+        out[i] = v
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def check_spec(params: PyTree, spec: PyTree | None) -> list[bool]:
     """Validates a spec against params and returns its flat list of bools (None -> False)."""
     if spec is None:

@@ -25,6 +25,14 @@ import ggr_jax as gj
 
 SHAPES = {"dense_0": (64, 128), "dense_1": (128, 256), "dense_2": (256, 16)}
 MAX_ALL_REDUCE_ELEMENTS = 16  # counts and flags only: never an array of the params' size
+METHODS = {
+    "ggr": gj.ggr(),
+    "ggr_rho1": gj.ggr(rho=1.0, normalize="l2"),
+    "rigl": gj.rigl(),
+    "set": gj.set(),
+    "snfs": gj.snfs(),
+    "static": gj.static(),
+}
 
 
 def is_none(x):
@@ -134,11 +142,10 @@ def shardings_kept(outputs, inputs) -> bool:
 def check_redistribute(results: dict) -> None:
     params, masks, grads = problem()
     # ggr (default rho) runs every kind of selection: per-leaf magnitude prune, the global top-k,
-    # per-leaf gradient and random placement; snfs adds float sums of momentum; static the rest.
-    methods = {"ggr": gj.ggr(), "rigl": gj.rigl(), "snfs": gj.snfs(), "static": gj.static()}
-    plan = {"one_axis": ["ggr"], "two_axes": list(methods), "replicated": ["ggr"]}
+    # per-leaf gradient and random placement; ggr_rho1 the global top-k alone with l2-normalized
+    # scores; set random placement alone; snfs adds float sums of momentum; static the rest.
     key = jax.random.key(1)
-    for name, method in methods.items():
+    for name, method in METHODS.items():
         fn = jax.jit(
             functools.partial(
                 gj.redistribute,
@@ -149,8 +156,6 @@ def check_redistribute(results: dict) -> None:
         )
         reference = fn(params, masks, grads, key)
         for config, (mesh, specs) in configs().items():
-            if name not in plan[config]:
-                continue
             sp, sm, sg = (shard(t, mesh, specs) for t in (params, masks, grads))
             sharded_fn = jax.jit(
                 functools.partial(
@@ -174,9 +179,6 @@ def check_redistribute(results: dict) -> None:
 
 def check_transforms(results: dict) -> None:
     params, masks, grads = problem()
-    mesh, specs = configs()["two_axes"]
-    sp, sm, sg = (shard(t, mesh, specs) for t in (params, masks, grads))
-
     chain = optax.chain(gj.mask_gradients(), optax.sgd(0.1, momentum=0.9), gj.mask_updates())
 
     def chain_step(p, m, g):
@@ -184,14 +186,19 @@ def check_transforms(results: dict) -> None:
         return optax.apply_updates(p, updates), state
 
     reference = jax.jit(chain_step)(params, masks, grads)
-    compiled = jax.jit(chain_step).lower(sp, sm, sg).compile()
-    new_p, state = compiled(sp, sm, sg)
-    results["transforms/mask_chain"] = {
-        "params_equal": same(new_p, reference[0]),
-        "state_equal": same(state, reference[1]),
-        "shardings_kept": shardings_kept(new_p, sp),
-        **collectives(compiled),
-    }
+    for config, (mesh, specs) in configs().items():
+        sp, sm, sg = (shard(t, mesh, specs) for t in (params, masks, grads))
+        compiled = jax.jit(chain_step).lower(sp, sm, sg).compile()
+        new_p, state = compiled(sp, sm, sg)
+        results[f"transforms/{config}/mask_chain"] = {
+            "params_equal": same(new_p, reference[0]),
+            "state_equal": same(state, reference[1]),
+            "shardings_kept": shardings_kept(new_p, sp),
+            **collectives(compiled),
+        }
+
+    mesh, specs = configs()["two_axes"]
+    sp, sm, sg = (shard(t, mesh, specs) for t in (params, masks, grads))
 
     def sparse_steps(p, m, g):
         # two steps of dynamic_sparse: the topology update (under lax.cond) runs at step 1
@@ -212,7 +219,7 @@ def check_transforms(results: dict) -> None:
     reference = jax.jit(sparse_steps)(params, masks, grads)
     compiled = jax.jit(sparse_steps).lower(sp, sm, sg).compile()
     new_p, new_m = compiled(sp, sm, sg)
-    results["transforms/dynamic_sparse"] = {
+    results["transforms/two_axes/dynamic_sparse"] = {
         "params_equal": same(new_p, reference[0]),
         "masks_equal": same(new_m, reference[1]),
         "masks_changed": not same(new_m, masks),

@@ -19,15 +19,10 @@ from pathlib import Path
 import pytest
 
 WORKER = Path(__file__).with_name("_sharding_worker.py")
-REDISTRIBUTE = [
-    "one_axis/ggr",
-    "two_axes/ggr",
-    "two_axes/rigl",
-    "two_axes/snfs",
-    "two_axes/static",
-    "replicated/ggr",
-]
-TRANSFORMS = ["mask_chain", "dynamic_sparse"]
+LAYOUTS = ["one_axis", "two_axes", "replicated"]
+METHODS = ["ggr", "ggr_rho1", "rigl", "set", "snfs", "static"]
+REDISTRIBUTE = [f"{layout}/{method}" for layout in LAYOUTS for method in METHODS]
+TRANSFORMS = [f"{layout}/mask_chain" for layout in LAYOUTS] + ["two_axes/dynamic_sparse"]
 
 
 def _run_worker() -> dict:
@@ -66,7 +61,7 @@ def test_redistribute_gathers_nothing(results, case):
     assert r["bad"] == [], f"collectives beyond scalar all-reduces: {r['bad']}"
     if case.startswith("replicated"):
         assert r["kinds"] == {}, "a replicated run needs no collective at all"
-    elif case.endswith("ggr"):
+    elif case.endswith("/ggr"):
         assert r["kinds"].get("all-reduce", 0) > 0  # the counts do cross devices
 
 
@@ -82,7 +77,7 @@ def test_transforms_sharded(results, case):
     assert r.get("state_equal", True) and r.get("masks_equal", True)
     assert r["shardings_kept"]
     assert r["bad"] == [], f"collectives beyond scalar all-reduces: {r['bad']}"
-    if case == "mask_chain":
+    if case.endswith("mask_chain"):
         assert r["kinds"] == {}, "masking is elementwise: no collective at all"
     else:
         assert r["masks_changed"]  # the topology update did run under lax.cond
