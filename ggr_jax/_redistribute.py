@@ -344,7 +344,9 @@ def redistribute(
 
     if not skip_nonfinite:
         return update()
-    checked = weights + [g_leaves[i] for i in sparse]
-    checked += [mo_leaves[i] for i in sparse] if mo_leaves else []
-    finite = sum(count_true(~jnp.isfinite(x)) for x in checked) == 0
+    def nonfinite(i):  # one fused pass per leaf over its weights, gradients (and momentum)
+        ok = jnp.isfinite(w_leaves[i]) & jnp.isfinite(g_leaves[i])
+        return count_true(~(ok & jnp.isfinite(mo_leaves[i])) if mo_leaves else ~ok)
+
+    finite = sum(nonfinite(i) for i in sparse) == 0
     return lax.cond(finite, update, lambda: unchanged(True))

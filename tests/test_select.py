@@ -5,9 +5,11 @@ import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 
 import ggr_jax as gj
+from ggr_jax._select import random_keys, select_per_leaf
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -150,3 +152,55 @@ def test_top_k_per_leaf_equals_reference(problem, data):
     for g, w, x in zip(got, want, keys, strict=True):
         assert g.dtype == jnp.bool_ and g.shape == x.shape
         np.testing.assert_array_equal(np.asarray(g).ravel(), w)
+
+
+# --- random placement: interpolation search on uniformly random keys --------------------------
+
+_UNIFORM = jax.jit(
+    lambda keys, elig, k: select_per_leaf([(lambda x: x, (x,)) for x in keys], elig, k,
+                                          interpolate=True)
+)
+
+
+@SETTINGS
+@given(problem=selection_problems(), data=st.data())
+def test_uniform_search_equals_reference_on_any_keys(problem, data):
+    # tuned for uniform keys, exact for all: ties, both ends of the range, empty eligibility
+    keys, elig = problem
+    k = np.array([data.draw(counts(int(np.size(x)))) for x in keys], np.int32)
+    got, n = _UNIFORM(keys, elig, jnp.asarray(k))
+    want = reference(keys, elig, k, per_leaf=True)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(g).ravel(), w)
+    np.testing.assert_array_equal(n, [w.sum() for w in want])
+
+
+@pytest.mark.parametrize("k", [0, 1, 777, 30_000, 53_999, 54_000])
+def test_random_keys_selection_is_exact_and_unbiased(k):
+    shape = (300, 200)
+    keys = random_keys(jax.random.key(3), shape)
+    assert len(np.unique(np.asarray(keys))) == keys.size  # a bijection of the flat index
+    elig = jnp.asarray(np.random.default_rng(0).random(shape) < 0.9)
+    n_elig = int(elig.sum())
+    got, n = _UNIFORM([keys], [elig], jnp.asarray([k], jnp.int32))
+    want = reference([keys], [elig], [k], per_leaf=True)[0]
+    np.testing.assert_array_equal(np.asarray(got[0]).ravel(), want)
+    assert int(n[0]) == min(k, n_elig) and not bool((got[0] & ~elig).any())
+    if 100 < k < n_elig - 100:  # spread evenly: each row's share within 6 sigma of binomial
+        per_row = np.asarray(elig).sum(1)
+        share = np.asarray(got[0]).sum(1) / per_row
+        p = k / n_elig
+        assert np.all(np.abs(share - p) < 6 * np.sqrt(p * (1 - p) / per_row))
+
+
+def test_random_keys_with_ties_at_zero():
+    # regrow_pruned=False gives just-pruned positions key 0 (last resort): many ties
+    keys = random_keys(jax.random.key(5), (40, 30))
+    tied = jnp.asarray(np.random.default_rng(1).random((40, 30)) < 0.5)
+    keys = jnp.where(tied, jnp.uint32(0), keys)
+    elig = jnp.ones((40, 30), bool)
+    k = jnp.asarray([int((~tied).sum()) + 17], jnp.int32)
+    got, _ = _UNIFORM([keys], [elig], k)
+    np.testing.assert_array_equal(
+        np.asarray(got[0]).ravel(), reference([keys], [elig], np.asarray(k), per_leaf=True)[0]
+    )
