@@ -262,7 +262,7 @@ def redistribute(
             leaves_m[i] = new_masks[j]
         info = {
             "active": unflatten_at(treedef, n, sparse,
-                               list(count(new_masks) if active is None else active)),
+                                   list(count(new_masks) if active is None else active)),
             "dropped": unflatten_at(treedef, n, sparse, list(dropped)),
             "grown": unflatten_at(treedef, n, sparse, list(grown)),
             "moved": jnp.sum(jnp.maximum(grown - dropped, 0)).astype(jnp.int32),
