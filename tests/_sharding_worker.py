@@ -9,7 +9,6 @@ collectives the compiled program contains.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import sys
@@ -146,26 +145,22 @@ def check_redistribute(results: dict) -> None:
     # scores; set random placement alone; snfs adds float sums of momentum; static the rest.
     key = jax.random.key(1)
     for name, method in METHODS.items():
+        # (snfs takes the gradients as its momentum: sharded exactly as the gradients are)
         fn = jax.jit(
-            functools.partial(
-                gj.redistribute,
+            lambda p, m, g, k, method=method: gj.redistribute(
+                p,
+                m,
+                g,
+                k,
                 method=method,
                 fraction=0.3,
-                momentum=grads if method.needs_momentum else None,
+                momentum=g if method.needs_momentum else None,
             )
         )
         reference = fn(params, masks, grads, key)
         for config, (mesh, specs) in configs().items():
             sp, sm, sg = (shard(t, mesh, specs) for t in (params, masks, grads))
-            sharded_fn = jax.jit(
-                functools.partial(
-                    gj.redistribute,
-                    method=method,
-                    fraction=0.3,
-                    momentum=sg if method.needs_momentum else None,
-                )
-            )
-            compiled = sharded_fn.lower(sp, sm, sg, key).compile()
+            compiled = fn.lower(sp, sm, sg, key).compile()
             new_p, new_m, info = compiled(sp, sm, sg, key)
             results[f"redistribute/{config}/{name}"] = {
                 "masks_equal": same(new_m, reference[1]),
