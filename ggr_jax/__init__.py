@@ -8,6 +8,7 @@ Reference: Parger et al. 2022, https://arxiv.org/abs/2210.14012
 """
 
 from ggr_jax._distributions import custom_densities, er_densities, erk_densities, uniform_densities
+from ggr_jax._export import compress, decompress, is_compressed, model_bytes
 from ggr_jax._masks import active_counts, apply_masks, global_density, mask_densities, random_masks
 from ggr_jax._optimizer_state import reset_optimizer_state
 from ggr_jax._redistribute import Method, ggr, redistribute, rigl, set_, snfs, static
@@ -15,6 +16,7 @@ from ggr_jax._select import order_key, top_k_global, top_k_per_leaf
 from ggr_jax._transforms import (
     AccumulatedGradients,
     DynamicSparseState,
+    GradientEMA,
     accumulate_gradients,
     accumulated_gradients,
     dynamic_sparse,
@@ -31,21 +33,26 @@ __version__ = "0.1.0"
 __all__ = [
     "AccumulatedGradients",
     "DynamicSparseState",
+    "GradientEMA",
     "Method",
     "accumulate_gradients",
     "accumulated_gradients",
     "active_counts",
     "apply_masks",
+    "compress",
     "custom_densities",
+    "decompress",
     "dynamic_sparse",
     "er_densities",
     "erk_densities",
     "get_masks",
     "ggr",
     "global_density",
+    "is_compressed",
     "mask_densities",
     "mask_gradients",
     "mask_updates",
+    "model_bytes",
     "order_key",
     "random_masks",
     "redistribute",
