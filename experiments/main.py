@@ -103,10 +103,36 @@ def _run(fn) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; continue with --resume", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine's, not the program's: a full disk, a read-only folder
+        if e.errno is None:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(
+            f"error: {e.strerror or e}{where}; the run's files written so far are kept, "
+            "continue with --resume once this is fixed",
+            file=sys.stderr,
+        )
+        return 2
 
 
 def train_main(argv: list[str] | None = None) -> int:
     return _run(lambda: _train(sys.argv[1:] if argv is None else argv))
+
+
+def check_workdir(workdir: str) -> None:
+    """Raises `UserError` unless ``workdir`` exists as a writable folder or can be created."""
+    path = os.path.abspath(workdir)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if not os.path.isdir(path):
+        raise UserError(
+            f"workdir {workdir}: {path} is a file, not a folder; choose another --workdir"
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"workdir {workdir}: {path} is not writable; choose another --workdir")
 
 
 def _train(argv: list[str]) -> int:
@@ -124,6 +150,7 @@ def _train(argv: list[str]) -> int:
     workdir = args.workdir or os.path.join("runs", config.name, time.strftime("%Y%m%d-%H%M%S"))
     if args.resume and not os.path.isdir(workdir):
         raise UserError(f"--resume: workdir {workdir} does not exist")
+    check_workdir(workdir)
 
     import jax
 

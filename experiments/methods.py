@@ -1,5 +1,7 @@
 """From config fields to ggr_jax objects: method, initial masks, optimizer, schedules."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -46,6 +48,21 @@ def check(config) -> None:
             raise UserError(f"{field} must be at least 1, got {config[field]}")
     if config.learning_rate <= 0:
         raise UserError(f"learning_rate must be positive, got {config.learning_rate}")
+    _check_numbers(config)
+
+
+def _check_numbers(config) -> None:
+    """Every float is finite; optimizer settings and the seed lie in their ranges."""
+    for field, value in config.items():
+        values = value if isinstance(value, tuple | list) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise UserError(f"{field} must be a finite number, got {value!r}")
+    if not 0.0 <= config.momentum < 1.0:
+        raise UserError(f"momentum must be in [0, 1), got {config.momentum}")
+    if config.weight_decay < 0:
+        raise UserError(f"weight_decay must be >= 0, got {config.weight_decay}")
+    if not 0 <= config.seed < 2**31:
+        raise UserError(f"seed must be in [0, 2**31), got {config.seed}")
 
 
 def split_methods(method: str) -> list[str]:

@@ -37,14 +37,22 @@ def _plain(x):
 
 class MetricsLog:
     """Appends records to ``path``; on resume, first drops the records written after the restored
-    checkpoint (``resume_step`` = its optimizer step count; 0 when no checkpoint was restored)."""
+    checkpoint (``resume_step`` = its optimizer step count; 0 when no checkpoint was restored).
+
+    The kept records are written to a temporary file that then replaces ``path``: a kill during
+    the rewrite leaves the old file whole.
+    """
 
     def __init__(self, path: str, resume_step: int | None = None):
         self.path = path
         if resume_step is not None and os.path.exists(path):
             kept = [r for r in read(path) if _before(r, resume_step)]
-            with open(path, "w") as f:
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
@@ -56,6 +64,8 @@ def _before(record: dict, step: int) -> bool:
     update logged at step t happens inside step t, i.e. after the checkpoint at t."""
     if record.get("type") == "final":
         return False
+    if record.get("type") == "eval" and not float(record.get("epoch", 0)).is_integer():
+        return False  # written where --num_train_steps stopped mid-epoch: the resumed run goes on
     if record.get("type") == "topology":
         return record["step"] < step
     return record.get("step", 0) <= step

@@ -56,19 +56,53 @@ def _summed(device_metrics: list[dict]) -> dict:
     }
 
 
-def _check_resumable(saved: dict, config) -> None:
-    current = json.loads(config.to_json())
+def _check_resumable(meta: dict, config) -> None:
+    """Raises `UserError` naming every setting (outside `RESUME_FREE`) that differs between the
+    checkpoint's metadata and ``config``; called before any array is restored."""
+    saved, current = meta["config"], json.loads(config.to_json())
     diffs = [
         k
         for k in sorted(set(saved) | set(current))
         if k not in RESUME_FREE and saved.get(k) != current.get(k)
     ]
     if diffs:
-        shown = ", ".join(f"{k}={saved.get(k)!r}" for k in diffs[:4])
+        shown = ", ".join(f"{k}={saved.get(k)!r} (now {current.get(k)!r})" for k in diffs)
         raise UserError(
-            f"the checkpointed run used different settings ({shown}); resume with the "
-            "same flags or start a new --workdir"
+            f"the checkpointed run (step {meta.get('step')}) used different settings: {shown}; "
+            "resume with the same flags (nothing was changed), or start a new --workdir"
         )
+
+
+def _refuse_resume_without_checkpoint(workdir: str, metrics_path: str) -> None:
+    """--resume that finds no checkpoint starts afresh only if nothing past step 0 was recorded."""
+    recorded = metrics.read(metrics_path) if os.path.exists(metrics_path) else []
+    last = max((r.get("step", 0) for r in recorded), default=0)
+    if last > 0 or os.path.exists(os.path.join(workdir, "results.json")):
+        raise UserError(
+            f"--resume: {workdir} holds metrics up to step {last} but no checkpoint to continue "
+            "from; nothing was changed. Start a new --workdir (this one is left as it is)"
+        )
+
+
+def _finished_results(workdir: str, step: int, run_steps: int) -> dict | None:
+    """The saved results of a run that already reached ``run_steps``, else None."""
+    path = os.path.join(workdir, "results.json")
+    if step != run_steps or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        results = json.load(f)
+    return results if results.get("steps") == run_steps else None
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename: a kill leaves either the
+    old or the new file, never a truncated one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def run_label(config) -> str:
@@ -127,8 +161,14 @@ def train_and_evaluate(
     start_time = time.time()
     try:
         if resume and ckpts.latest_step() is not None:
-            state, meta = ckpts.restore(state)
-            _check_resumable(meta["config"], config)
+            # Settings are compared before any array is restored; the arrays are then checked
+            # against their checksums.
+            state, _ = ckpts.resume(state, functools.partial(_check_resumable, config=config))
+            finished = _finished_results(workdir, int(state.step), run_steps)
+            if finished is not None:  # nothing to do: leave every file of the run as it is
+                return finished
+        elif resume:
+            _refuse_resume_without_checkpoint(workdir, metrics_path)
         start = int(state.step)
         # On resume, keep the records up to the restored step (none when no checkpoint existed).
         log = metrics.MetricsLog(metrics_path, resume_step=(start or -1) if resume else None)
@@ -187,9 +227,10 @@ def train_and_evaluate(
             done = step + 1
             if done % steps_per_epoch == 0 or done == run_steps:
                 loss_sum, correct, count = (float(v) for v in jax.device_get(state.epoch_sums))
-                state = state._replace(
-                    epoch_sums=jax.device_put(np.zeros(3, np.float32), replicated)
-                )
+                if done % steps_per_epoch == 0:  # a --num_train_steps stop keeps the epoch's sums
+                    state = state._replace(
+                        epoch_sums=jax.device_put(np.zeros(3, np.float32), replicated)
+                    )
                 record = {
                     "type": "eval",
                     "step": done,
@@ -235,8 +276,7 @@ def train_and_evaluate(
         "wall_s": time.time() - start_time,
     }
     log.write({"type": "final", "step": int(state.step), **results})
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    _write_atomically(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
     label = run_label(config)
     plots.density_over_time({label: records}, os.path.join(workdir, "density_over_time.png"))
     plots.accuracy_curves({label: records}, os.path.join(workdir, "accuracy.png"))
@@ -315,8 +355,7 @@ def train_methods(
         )
         runs[run_label(run_config)] = metrics.read(os.path.join(run_dir, "metrics.jsonl"))
     table = report.results_table(results)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(table + "\n")
+    _write_atomically(os.path.join(workdir, "results.md"), table + "\n")
     plots.density_over_time(runs, os.path.join(workdir, "density_over_time.png"))
     plots.accuracy_curves(runs, os.path.join(workdir, "accuracy.png"))
     return results

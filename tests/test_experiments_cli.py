@@ -123,7 +123,7 @@ def test_existing_run_and_corrupt_checkpoint_are_not_overwritten(tmp_path, capsy
         )
         == 2
     )
-    assert "different settings (learning_rate=0.05)" in capsys.readouterr().err
+    assert "different settings: learning_rate=0.05 (now 0.3)" in capsys.readouterr().err
     assert _digest(work) == before
     # Corrupt every file of the checkpoint's arrays.
     ckpt = os.path.join(work, "rigl", "checkpoints", "5", "state")
@@ -137,7 +137,8 @@ def test_existing_run_and_corrupt_checkpoint_are_not_overwritten(tmp_path, capsy
         == 2
     )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is unreadable" in err[0] and "checkpoints/5" in err[0], err
+    assert len(err) == 1 and "is corrupt" in err[0] and "checkpoints/5" in err[0], err
+    assert "delete" not in err[0] and "start a new --workdir" in err[0], err
     assert _digest(work) == before
 
 
