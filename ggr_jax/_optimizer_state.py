@@ -23,7 +23,8 @@ def reset_optimizer_state(
     are active in both ``masks`` and ``new_masks`` is kept; everything else becomes exactly 0.
     The params-shaped parts are found with ``optax.tree_utils.tree_map_params``, which asks the
     optimizer's own ``init``: no list of state types. Gradient accumulators of
-    :func:`accumulate_gradients` in the same state are reset entirely.
+    :func:`accumulate_gradients` (``"mean"``, ``"mean_abs"``) in the same state are reset
+    entirely; its EMA runs on.
 
     Args:
       optimizer: the optax transformation (or its ``init``) that produced ``opt_state``.
@@ -51,11 +52,14 @@ def reset_optimizer_state(
             return x
         return jnp.where(k, x, jnp.zeros((), x.dtype))
 
+    ema = otu.tree_get(opt_state, "grad_ema")  # a growth signal, not a moment: kept whole
     opt_state = otu.tree_map_params(optimizer, reset, opt_state, keep)
-    if otu.tree_get_all_with_path(opt_state, "abs_grad_sum"):
+    if ema is not None:
+        opt_state = otu.tree_set(opt_state, grad_ema=ema)
+    if otu.tree_get_all_with_path(opt_state, "grad_sum"):
         opt_state = otu.tree_set(
             opt_state,
-            abs_grad_sum=otu.tree_zeros_like(otu.tree_get(opt_state, "abs_grad_sum")),
-            abs_grad_count=jnp.zeros((), jnp.int32),
+            grad_sum=otu.tree_zeros_like(otu.tree_get(opt_state, "grad_sum")),
+            grad_count=jnp.zeros((), jnp.int32),
         )
     return opt_state

@@ -32,8 +32,8 @@ from ggr_jax._tree import (
 
 _ALLOCATE = ("none", "per_layer", "global_gradient", "momentum")
 _PLACE = ("none", "gradient", "random", "mixed", "momentum")
-_NORMALIZE = (None, "l2", "mean", "max")
-_SIGNAL = ("batch", "accumulated")
+_NORMALIZE = (None, "l2", "rms", "mean", "max", "weight")
+_SIGNAL = ("batch", "mean", "ema", "mean_abs")
 
 
 class Method(NamedTuple):
@@ -41,39 +41,48 @@ class Method(NamedTuple):
 
     Attributes:
       name: label used in logs.
-      prune: drop ``floor(fraction * active)`` smallest-magnitude weights per layer.
       allocate: how many connections each layer regrows: ``"per_layer"`` (as many as it
         dropped), ``"global_gradient"`` (GGR: a top-k over all layers' gradients together),
-        ``"momentum"`` (SNFS: proportional to the layer's mean |momentum|), ``"none"``.
+        ``"momentum"`` (SNFS: proportional to the layer's mean |momentum|), ``"none"`` (static
+        sparse training: no prune, no regrowth; then ``place`` is ``"none"`` too).
       place: where they go inside a layer: ``"gradient"`` (largest |g|), ``"random"``,
         ``"mixed"`` (``round(rho * n)`` by gradient, the rest random), ``"momentum"``.
       rho: share of the regrown connections placed by gradient when ``place == "mixed"``.
-      normalize: per-layer gradient normalisation before GGR's global top-k: ``None``,
-        ``"l2"`` (divide by the layer's gradient L2 norm), ``"mean"`` (by its mean |g|),
-        ``"max"`` (by its max |g|).
+      normalize: how GGR's global top-k puts each layer's |g| on one scale (only with
+        ``allocate="global_gradient"``); see :func:`ggr`.
       regrow_pruned: whether just-pruned positions may be regrown in the same update (as in
         RigL). When False they are used only if a layer has no other free position left.
-      signal: which gradient :func:`dynamic_sparse` passes: ``"batch"`` (the current batch) or
-        ``"accumulated"`` (mean |g| since the last update).
+      signal: which per-weight gradient signal regrowth reads (the caller provides it:
+        :func:`dynamic_sparse` and :func:`accumulate_gradients` do): ``"batch"`` (this batch's
+        gradient), ``"mean"`` (the signed mean gradient since the last update), ``"ema"`` (a
+        signed exponential moving average of the gradients), ``"mean_abs"`` (the mean |g| since
+        the last update). Regrowth ranks by the magnitude of the signal.
+      unit_floor: the prune never removes the last active incoming weight of an output unit (the
+        last axis: Flax's ``(in, out)`` and ``HWIO`` layouts): each unit keeps its
+        largest-magnitude active weight out of the prune.
     """
 
     name: str
-    prune: bool = True
     allocate: str = "per_layer"
     place: str = "gradient"
     rho: float = 1.0
     normalize: str | None = None
     regrow_pruned: bool = True
     signal: str = "batch"
+    unit_floor: bool = False
 
     @property
     def needs_momentum(self) -> bool:
         return self.allocate == "momentum" or self.place == "momentum"
 
+    @property
+    def is_static(self) -> bool:
+        return self.allocate == "none"
+
 
 def static() -> Method:
     """Static sparse training: the masks never change."""
-    return Method("static", prune=False, allocate="none", place="none")
+    return Method("static", allocate="none", place="none")
 
 
 def set_() -> Method:
@@ -108,15 +117,44 @@ def ggr(
     normalize: str | None = None,
     regrow_pruned: bool = True,
     signal: str = "batch",
+    unit_floor: bool = False,
 ) -> Method:
     """GGR: Global Gradient-based Redistribution.
 
     Each layer drops its smallest-magnitude weights; the number each layer regrows is how many
-    of the ``R`` largest |gradients| over the free positions of all layers together fall into it
+    of the ``R`` largest scores over the free positions of all layers together fall into it
     (a global top-k); inside a layer ``round(rho * n)`` go where |g| is largest and the rest at
     random (the paper inserts by "a combination of gradient-based and random insertion" without
-    fixing the share). ``rho``, ``normalize``, ``regrow_pruned`` and ``signal`` are the paper's
-    open choices; the defaults are ours (see docs/results.md for the evidence).
+    fixing the share). The paper leaves open how the scores of different layers are compared,
+    which gradient is read and the share ``rho``; the defaults are ours, chosen on validation
+    data (docs/results.md).
+
+    ``normalize`` says what the global top-k compares. Within a layer every choice keeps the
+    order of |g|, so only the split between layers changes:
+
+    * ``None``: raw |g|. Assumes gradients of all layers are on one scale; they are not in
+      general (a layer with more fan-in or a rescaled parametrisation gets other magnitudes).
+    * ``"l2"``: |g| / ||g||_2 of the layer. Every layer gets the same total gradient energy, so
+      a layer's entries shrink with sqrt(its size): favours small layers.
+    * ``"rms"``: |g| / RMS(g) of the layer. A typical entry of every layer is 1, whatever the
+      layer's size or scale: layers compete by the shape of their gradient distribution (a
+      layer whose free positions stand out from its own typical gradient grows).
+    * ``"mean"``: |g| / mean |g| of the layer (as ``"rms"``, with the L1 scale).
+    * ``"max"``: |g| / max |g| of the layer (sensitive to one outlier).
+    * ``"weight"``: |g| times the RMS of the layer's active weights: a first-order estimate of
+      the loss change when a new connection grows to the size of the layer's weights
+      (|dL| ~ |g| * |w|). Invariant to rescaling a layer's weights (w -> c w, g -> g / c).
+
+    Args:
+      rho: share of each layer's regrowth placed by |g| (the rest random), in [0, 1].
+      normalize: see above.
+      regrow_pruned: whether just-pruned positions may regrow in the same update.
+      signal: ``"batch"``, ``"mean"``, ``"ema"`` or ``"mean_abs"`` (see :class:`Method`).
+      unit_floor: keep at least one active incoming weight per output unit (see
+        :class:`Method`).
+
+    Returns:
+      The :class:`Method`.
 
     Reference: Parger et al. 2022, https://arxiv.org/abs/2210.14012
 
@@ -133,17 +171,30 @@ def ggr(
         normalize=normalize,
         regrow_pruned=regrow_pruned,
         signal=signal,
+        unit_floor=unit_floor,
     )
 
 
 def _check_method(method: Method) -> None:
+    """One place for every check of a method's fields and of their combinations."""
     if not isinstance(method, Method):
         raise ValueError(f"method must be a ggr_jax.Method (e.g. gj.ggr()), got {method!r}")
     for field, allowed in (("allocate", _ALLOCATE), ("place", _PLACE), ("normalize", _NORMALIZE),
                            ("signal", _SIGNAL)):
         if getattr(method, field) not in allowed:
             raise ValueError(f"method.{field} must be one of {allowed}, got {getattr(method, field)!r}")
+    if (method.allocate == "none") != (method.place == "none"):
+        raise ValueError(
+            f"method {method.name!r}: allocate={method.allocate!r} with place={method.place!r}; "
+            "static training is allocate='none' with place='none' (gj.static()), and a "
+            "dynamic method needs both")
+    if method.normalize is not None and method.allocate != "global_gradient":
+        raise ValueError(f"method {method.name!r}: normalize={method.normalize!r} applies only "
+                         "to allocate='global_gradient'")
     check_unit_interval(method.rho, name="method.rho")
+    for field in ("regrow_pruned", "unit_floor"):
+        if not isinstance(getattr(method, field), bool):
+            raise ValueError(f"method.{field} must be a bool, got {getattr(method, field)!r}")
 
 
 def _min_active(min_active: Any, path: str, shape: tuple[int, ...]) -> Any:
@@ -159,16 +210,27 @@ def _min_active(min_active: Any, path: str, shape: tuple[int, ...]) -> Any:
     return jnp.maximum(jnp.asarray(value, jnp.int32), 0)
 
 
-def _normalize(g: jax.Array, how: str | None) -> jax.Array:
+def _scale(how: str | None, g: jax.Array, w: jax.Array, m: jax.Array, active: jax.Array
+           ) -> jax.Array:
+    """The float32 factor that puts one layer's |g| on GGR's common scale (see :func:`ggr`)."""
     if how is None:
-        return g
-    if how == "l2":
-        scale = jnp.sqrt(jnp.sum(g * g))
-    elif how == "mean":
-        scale = jnp.mean(g)
-    else:
-        scale = jnp.max(g)
-    return g / jnp.where(scale > 0, scale, 1.0)
+        return jnp.ones((), jnp.float32)
+    if how == "weight":
+        w2 = jnp.sum(jnp.where(m, jnp.square(w.astype(jnp.float32)), 0.0))
+        return jnp.sqrt(w2 / jnp.maximum(active, 1).astype(jnp.float32))
+    a = jnp.abs(g).astype(jnp.float32)
+    scale = {"l2": lambda: jnp.sqrt(jnp.sum(a * a)), "rms": lambda: jnp.sqrt(jnp.mean(a * a)),
+             "mean": lambda: jnp.mean(a), "max": lambda: jnp.max(a)}[how]()
+    return 1.0 / jnp.where(scale > 0, scale, 1.0)
+
+
+def _unit_keep(w: jax.Array, m: jax.Array) -> jax.Array:
+    """Each output unit's (last axis) largest-|w| active weight; False in units with none."""
+    out = w.shape[-1] if w.ndim else 1
+    mag = jnp.where(m, jnp.abs(w).astype(jnp.float32), -1.0).reshape(-1, out)
+    first = jnp.argmax(mag, axis=0)  # lowest index among ties
+    keep = jnp.arange(mag.shape[0])[:, None] == first[None, :]
+    return keep.reshape(w.shape) & m
 
 
 def redistribute(
@@ -199,8 +261,10 @@ def redistribute(
       method: a :class:`Method`, e.g. ``ggr()``, ``rigl()``, ``set_()``, ``snfs()``, ``static()``.
       fraction: share of each layer's active weights to drop, in [0, 1]; may be traced (e.g.
         from an optax schedule), in which case it is clipped to [0, 1].
-      min_active: fewest active weights a layer keeps: an int, a callable ``(path, shape) ->
-        int``, or ``None`` for one per output unit (``shape[-1]``, Flax's layout).
+      min_active: fewest active weights a layer keeps in total (a per-layer count): an int, a
+        callable ``(path, shape) -> int``, or ``None`` for ``shape[-1]`` (as many as the layer
+        has output units in Flax's ``(in, out)`` layout; it does not keep one weight in *each*
+        unit: that is ``Method.unit_floor``).
       momentum: per-weight momentum, required by ``snfs()``.
       skip_nonfinite: when grads, params or momentum hold NaN/Inf, leave the topology unchanged
         and report ``info["skipped"] = True``.
@@ -276,16 +340,21 @@ def redistribute(
         kept_w = [jnp.where(m, w, jnp.zeros((), w.dtype)) for m, w in zip(masks_in, weights)]
         return finish(masks_in, kept_w, zero, zero, skipped)
 
-    if not method.prune or not sparse:
+    if method.is_static or not sparse:
         return unchanged(False)
 
     def update():
         active = count(masks_in)
         floor_min = jnp.minimum(jnp.stack(mins), active)
+        prunable, n_prunable = masks_in, active
+        if method.unit_floor:
+            unit_keep = [_unit_keep(w, m) for w, m in zip(weights, masks_in)]
+            prunable = [m & ~u for m, u in zip(masks_in, unit_keep)]
+            n_prunable = active - count(unit_keep)
         n_drop = jnp.minimum(jnp.floor(fraction * active.astype(jnp.float32)).astype(jnp.int32),
-                             active - floor_min)
+                             jnp.minimum(active - floor_min, n_prunable))
         drop, _ = select_per_leaf([(lambda w: order_key(-jnp.abs(w)), (w,)) for w in weights],
-                                  masks_in, n_drop, n_eligible=active)
+                                  prunable, n_drop, n_eligible=n_prunable)
         kept = [m & ~d for m, d in zip(masks_in, drop)]
         free = [~k for k in kept]
         n_free = sizes - active + n_drop  # (counts the kernel need not count again)
@@ -304,15 +373,18 @@ def redistribute(
         if method.allocate == "per_layer":
             n_grow = n_drop
         elif method.allocate == "global_gradient":
-            scored = signal
-            if method.normalize is not None:
-                scored = [(lambda x: x, (_normalize(f(*a), method.normalize),)) for f, a in signal]
+            scales = [_scale(method.normalize, g_leaves[i], w, m, a)
+                      for i, w, m, a in zip(sparse, weights, masks_in, list(active))]
+            scored = [(lambda g, c: magnitude(g) * c, (g_leaves[i], c))
+                      for i, c in zip(sparse, scales)]
             global_pick, n_grow = select_global(keys(scored), free, total, n_eligible=n_free)
-        else:  # momentum
+        elif method.allocate == "momentum":
             mean_mom = jnp.stack([jnp.sum(jnp.where(m, f(*a), 0.0))
                                   for m, (f, a) in zip(masks_in, mom)])
             mean_mom = mean_mom / jnp.maximum(active, 1).astype(jnp.float32)
             n_grow = capped_shares(total, mean_mom, n_free, jnp)
+        else:
+            raise AssertionError(method.allocate)  # unreachable: _check_method
 
         if method.place == "gradient" and global_pick is not None:
             grow, grown = global_pick, n_grow  # per-layer normalisation keeps the order in a layer
@@ -326,13 +398,15 @@ def redistribute(
             if method.place == "random":
                 grow, grown = select_per_leaf(noise, free, n_grow, interpolate=True,
                                               n_eligible=n_free)
-            else:  # mixed
+            elif method.place == "mixed":
                 n_grad = jnp.round(method.rho * n_grow.astype(jnp.float32)).astype(jnp.int32)
                 by_grad, c_grad = select_per_leaf(keys(signal), free, n_grad, n_eligible=n_free)
                 rest = [f & ~b for f, b in zip(free, by_grad)]
                 by_rand, c_rand = select_per_leaf(noise, rest, n_grow - n_grad, interpolate=True,
                                                   n_eligible=n_free - c_grad)
                 grow, grown = [b | r for b, r in zip(by_grad, by_rand)], c_grad + c_rand
+            else:
+                raise AssertionError(method.place)  # unreachable: _check_method
 
         new_masks = [k | g for k, g in zip(kept, grow)]
         # A weight pruned and regrown in the same update never leaves the mask: it keeps its value,

@@ -61,47 +61,94 @@ def mask_updates() -> optax.GradientTransformationExtraArgs:
 
 
 class AccumulatedGradients(NamedTuple):
-    """State of :func:`accumulate_gradients`."""
+    """State of :func:`accumulate_gradients` with ``signal="mean"`` or ``"mean_abs"``."""
 
-    abs_grad_sum: PyTree  # like params, float32: sum of |g| since the last topology update
-    abs_grad_count: jax.Array  # shape=(), int32: number of summed steps
+    grad_sum: PyTree  # like params, float32: sum of g (or |g|) since the last topology update
+    grad_count: jax.Array  # shape=(), int32: number of summed steps
 
 
-def accumulate_gradients() -> optax.GradientTransformation:
-    """Sums ``|g|`` over steps so that regrowth can use a less noisy signal than one batch.
+class GradientEMA(NamedTuple):
+    """State of :func:`accumulate_gradients` with ``signal="ema"``."""
+
+    grad_ema: PyTree  # like params, float32: exponential moving average of g
+    ema_decay: jax.Array  # shape=(), float32: the EMA's decay
+    ema_count: jax.Array  # shape=(), int32: steps averaged (for the bias correction)
+
+
+def _signal_step(signal: str, acc: Any, g: jax.Array, decay: Any) -> jax.Array:
+    """One step of a gradient signal's accumulator (float32)."""
+    g = g.astype(jnp.float32)
+    if signal == "ema":
+        return decay * acc + (1.0 - decay) * g
+    return acc + (jnp.abs(g) if signal == "mean_abs" else g)
+
+
+def accumulate_gradients(signal: str = "mean", *, decay: float = 0.9
+                         ) -> optax.GradientTransformation:
+    """Accumulates the dense gradients so that regrowth can read a less noisy signal than one batch.
 
     Put it first in the chain (before :func:`mask_gradients`: inactive weights' gradients are
-    the point). Read the mean with :func:`accumulated_gradients`;
-    :func:`reset_optimizer_state` starts the sum afresh after each topology update.
+    the point) and read the signal with :func:`accumulated_gradients`. ``"mean"`` and
+    ``"mean_abs"`` start afresh at each topology update (:func:`reset_optimizer_state` does
+    it); the EMA runs on.
+
+    Args:
+      signal: ``"mean"`` (signed mean of g since the last update: noise averages out),
+        ``"ema"`` (signed exponential moving average of g, bias-corrected) or ``"mean_abs"``
+        (mean of |g|: keeps the noise).
+      decay: the EMA's decay, in [0, 1).
+
+    Returns:
+      An optax transformation that passes the gradients through unchanged.
 
     Example:
       >>> import jax.numpy as jnp, optax, ggr_jax as gj
-      >>> tx = optax.chain(gj.accumulate_gradients(), optax.sgd(0.1))
+      >>> tx = optax.chain(gj.accumulate_gradients("mean"), optax.sgd(0.1))
       >>> p = {"w": jnp.ones(2)}
-      >>> s = tx.update({"w": jnp.array([1., -3.])}, tx.init(p), p)[1]
+      >>> s = tx.init(p)
+      >>> for g in ([1., -3.], [-1., -1.]):
+      ...     s = tx.update({"w": jnp.array(g)}, s, p)[1]
       >>> gj.accumulated_gradients(s)["w"]
-      Array([1., 3.], dtype=float32)
+      Array([ 0., -2.], dtype=float32)
     """
+    if signal not in ("mean", "ema", "mean_abs"):
+        raise ValueError(f"signal must be 'mean', 'ema' or 'mean_abs', got {signal!r}")
+    check_unit_interval(decay, name="decay", closed_right=False)
 
     def init_fn(params):
-        sums = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
-        return AccumulatedGradients(sums, jnp.zeros((), jnp.int32))
+        zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+        count = jnp.zeros((), jnp.int32)
+        if signal == "ema":
+            return GradientEMA(zeros, jnp.asarray(decay, jnp.float32), count)
+        return AccumulatedGradients(zeros, count)
 
     def update_fn(updates, state, params=None):
         del params
-        sums = jax.tree.map(lambda s, g: s + jnp.abs(g).astype(jnp.float32), state.abs_grad_sum,
-                            updates)
-        return updates, AccumulatedGradients(sums, state.abs_grad_count + 1)
+        if signal == "ema":
+            ema = jax.tree.map(lambda a, g: _signal_step(signal, a, g, state.ema_decay),
+                               state.grad_ema, updates)
+            return updates, state._replace(grad_ema=ema, ema_count=state.ema_count + 1)
+        sums = jax.tree.map(lambda a, g: _signal_step(signal, a, g, None), state.grad_sum, updates)
+        return updates, AccumulatedGradients(sums, state.grad_count + 1)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
 def accumulated_gradients(opt_state: optax.OptState) -> PyTree:
-    """The mean ``|g|`` since the last reset, from any state that holds :func:`accumulate_gradients`."""
-    sums = optax.tree_utils.tree_get(opt_state, "abs_grad_sum")
-    count = optax.tree_utils.tree_get(opt_state, "abs_grad_count")
+    """The signal of the :func:`accumulate_gradients` inside ``opt_state``.
+
+    The mean of g (or of |g|) since the last reset, or the bias-corrected EMA of g.
+    """
+    ema = optax.tree_utils.tree_get(opt_state, "grad_ema")
+    if ema is not None:
+        decay = optax.tree_utils.tree_get(opt_state, "ema_decay")
+        count = optax.tree_utils.tree_get(opt_state, "ema_count").astype(jnp.float32)
+        correction = jnp.maximum(1.0 - decay**count, 1e-12)
+        return jax.tree.map(lambda e: e / correction, ema)
+    sums = optax.tree_utils.tree_get(opt_state, "grad_sum")
     if sums is None:
         raise ValueError("opt_state holds no accumulate_gradients() state")
+    count = optax.tree_utils.tree_get(opt_state, "grad_count")
     return jax.tree.map(lambda s: s / jnp.maximum(count, 1).astype(s.dtype), sums)
 
 
@@ -112,7 +159,7 @@ class DynamicSparseState(NamedTuple):
     key: jax.Array  # PRNG key; the topology update at step t uses fold_in(key, t)
     masks: PyTree  # bool leaves like params; None for dense leaves
     inner_state: optax.OptState  # the wrapped optimizer's state
-    signal: PyTree  # float32 like the sparse params: |g| sum or gradient EMA ((): unused)
+    signal: PyTree  # float32 like the sparse params: g (or |g|) sum or g EMA ((): unused)
     signal_count: jax.Array  # shape=(), int32: steps summed into signal
     info: dict[str, Any]  # info of the last topology update (see redistribute)
 
@@ -153,7 +200,8 @@ def dynamic_sparse(
       drop_fraction: fraction of active weights dropped per update, a float or an optax
         schedule of the step (e.g. ``optax.cosine_decay_schedule(0.3, end_step)``).
       min_active: per-layer floor, see :func:`redistribute`.
-      momentum_decay: decay of the gradient EMA kept for ``snfs()``.
+      momentum_decay: decay of the gradient EMA kept for ``snfs()`` and for
+        ``signal="ema"``.
 
     Returns:
       A ``GradientTransformationExtraArgs``; ``update`` needs ``params``. Read the masks with
@@ -182,7 +230,9 @@ def dynamic_sparse(
     _check_method(method)
     fraction_at = _schedule(drop_fraction)
     inner = optax.with_extra_args_support(inner)
-    uses_signal = method.signal == "accumulated" or method.needs_momentum
+    uses_signal = method.signal != "batch" or method.needs_momentum
+    # SNFS's momentum and GGR's "ema" signal run on across updates; "mean"/"mean_abs" restart.
+    runs_on = method.needs_momentum or method.signal == "ema"
 
     def init_fn(params):
         check_masks(params, masks)
@@ -207,8 +257,8 @@ def dynamic_sparse(
             signal = map_sparse(lambda m, s, g: momentum_decay * s
                                 + (1 - momentum_decay) * g.astype(jnp.float32),
                                 masks_now, signal, grads)
-        elif method.signal == "accumulated":
-            signal = map_sparse(lambda m, s, g: s + jnp.abs(g).astype(jnp.float32),
+        elif method.signal != "batch":
+            signal = map_sparse(lambda m, s, g: _signal_step(method.signal, s, g, momentum_decay),
                                 masks_now, signal, grads)
         step = state.step
         due = (step > 0) & (step % update_every == 0) & (step < end_step)
@@ -219,9 +269,11 @@ def dynamic_sparse(
             if method.needs_momentum:
                 momentum = map_sparse(lambda m, s, g: s, masks_now, signal, grads,
                                       dense=lambda s, g: g)
-            elif method.signal == "accumulated":
-                grad_signal = map_sparse(lambda m, s, g: s / count.astype(jnp.float32), masks_now,
-                                         signal, grads, dense=lambda s, g: g)
+            elif method.signal != "batch":
+                n = count.astype(jnp.float32)
+                norm = 1.0 - momentum_decay**n if method.signal == "ema" else n
+                grad_signal = map_sparse(lambda m, s, g: s / norm, masks_now, signal, grads,
+                                         dense=lambda s, g: g)
             _, new_masks, info = redistribute(
                 moved, masks_now, grad_signal, jax.random.fold_in(state.key, step), method=method,
                 fraction=fraction_at(step), min_active=min_active, momentum=momentum)
@@ -234,6 +286,8 @@ def dynamic_sparse(
                 new_signal = map_sparse(lambda m, mn, s: jnp.where(mn & ~m, 0.0, s), masks_now,
                                         new_masks, signal)
                 new_count = count
+            elif runs_on:
+                new_signal, new_count = signal, count
             else:
                 new_signal = jax.tree.map(jnp.zeros_like, signal)
                 new_count = jnp.zeros((), jnp.int32)

@@ -103,10 +103,14 @@ def test_reset_accepts_init_fn_and_masked_chain():
     assert bool((mu["b"] != 0).all())  # dense leaf untouched
 
 
-def test_accumulate_gradients_and_reset():
+# Two steps of g = -2 then 4 everywhere: mean |g| 3, mean g 1, bias-corrected EMA (decay 0.9)
+# (0.9 * -0.2 + 0.4) / (1 - 0.81).
+@pytest.mark.parametrize("signal,want,resets", [("mean_abs", 3.0, True), ("mean", 1.0, True),
+                                                ("ema", 0.22 / 0.19, False)])
+def test_accumulate_gradients_and_reset(signal, want, resets):
     params, masks, _ = setup(jnp.float32)
     tx = optax.chain(
-        gj.accumulate_gradients(),
+        gj.accumulate_gradients(signal),
         gj.mask_gradients(),
         optax.sgd(0.1, momentum=0.9),
         gj.mask_updates(),
@@ -122,22 +126,32 @@ def test_accumulate_gradients_and_reset():
     g2 = jax.tree.map(lambda p: jnp.full(p.shape, 4.0), params)
     updates, state = step(g1, state)
     updates, state = step(g2, state)
-    # the accumulator sees the gradients before masking: mean |g| = 3 everywhere
+    # the accumulator sees the gradients before masking
     acc = gj.accumulated_gradients(state)
     for k in params:
-        np.testing.assert_array_equal(acc[k], np.full(SHAPES[k], 3.0, np.float32))
+        np.testing.assert_allclose(acc[k], np.full(SHAPES[k], want, np.float32), rtol=1e-6)
         assert acc[k].dtype == jnp.float32
     # the updates are masked
     np.testing.assert_array_equal(updates["w"] != 0, masks["w"])
     new_masks = {"w": ~masks["w"], "v": masks["v"], "b": None}
     state = gj.reset_optimizer_state(tx, state, masks, new_masks)
-    acc = gj.accumulated_gradients(state)
-    assert int(optax.tree_utils.tree_get(state, "abs_grad_count")) == 0
-    assert all(bool((a == 0).all()) for a in jax.tree.leaves(acc))
+    after = gj.accumulated_gradients(state)
+    if resets:  # the interval means start afresh
+        assert int(optax.tree_utils.tree_get(state, "grad_count")) == 0
+        assert all(bool((a == 0).all()) for a in jax.tree.leaves(after))
+    else:  # the EMA runs on
+        chex.assert_trees_all_equal(after, acc)
     # momentum: w has no weight active in both masks, v keeps all of its own
     trace = optax.tree_utils.tree_get(state, "trace")
     assert not bool(trace["w"].any())
     np.testing.assert_array_equal(trace["v"] != 0, masks["v"])
+
+
+def test_accumulate_gradients_rejects_bad_options():
+    with pytest.raises(ValueError, match="signal must be"):
+        gj.accumulate_gradients("accumulated")
+    with pytest.raises(ValueError, match="decay must lie in"):
+        gj.accumulate_gradients("ema", decay=1.0)
 
 
 def test_accumulated_gradients_needs_the_accumulator():

@@ -80,11 +80,12 @@ def test_ggr_hand(getkey):
     )
 
 
-@pytest.mark.parametrize("normalize", ["l2", "mean", "max"])
+@pytest.mark.parametrize("normalize", ["l2", "rms", "mean", "max"])
 def test_ggr_normalize_hand(normalize, getkey):
-    # Per layer scaled: l2 a 5/6.40=.78 4/6.40=.62, b 9/12.04=.75 8/12.04=.66; mean (of |g| over
-    # the layer) a 5/2.25 4/2.25, b 9/4.25 8/4.25; max a 1 .8, b 1 .89 (the tie at 1.0 goes to the
-    # earlier leaf). In every case the top-2 is a (0,1) and b (0,1): the RigL masks.
+    # Per layer scaled: l2 a 5/6.40=.78 4/6.40=.62, b 9/12.04=.75 8/12.04=.66; rms a 5/3.20=1.56
+    # 4/3.20=1.25, b 9/6.02=1.50 8/6.02=1.33; mean (of |g| over the layer) a 5/2.25 4/2.25,
+    # b 9/4.25 8/4.25; max a 1 .8, b 1 .89 (the tie at 1.0 goes to the earlier leaf). In every
+    # case the top-2 is a (0,1) and b (0,1): the RigL masks.
     p, m, g = hand()
     out = redistribute(
         p, m, g, getkey(), method=gj.ggr(rho=1.0, normalize=normalize), fraction=0.5, min_active=0
@@ -96,6 +97,78 @@ def test_ggr_normalize_hand(normalize, getkey):
         grown={"a": 1, "b": 1},
         moved=0,
     )
+
+
+def test_ggr_weight_normalize_hand(getkey):
+    # |g| times the RMS of the layer's active weights: a sqrt(14/3)=2.16 -> 10.8, 8.6; b
+    # sqrt(41/2)=4.53 -> 40.7, 36.2: b's two free positions win, as with raw |g|. With b's weights
+    # 16x smaller (RMS .28: 2.5, 2.3) a's two free positions win instead.
+    p, m, g = hand()
+    method = gj.ggr(rho=1.0, normalize="weight")
+    out = redistribute(p, m, g, getkey(), method=method, fraction=0.5, min_active=0)
+    check(out, {"a": [[T, F], [F, T]], "b": [[T, T], [F, T]]}, grown={"a": 0, "b": 2})
+    p = {"a": p["a"], "b": p["b"] / 16}
+    out = redistribute(p, m, g, getkey(), method=method, fraction=0.5, min_active=0)
+    check(out, {"a": [[T, T], [T, T]], "b": [[T, F], [F, F]]}, grown={"a": 2, "b": 0})
+
+
+# Rescalings (powers of two: exact in float) that a normalisation must not notice: g -> c g of
+# one layer for the gradient statistics, and w -> c w with g -> g / c (a reparametrisation that
+# leaves the network's function and first-order loss changes alone) for "weight".
+@pytest.mark.parametrize("normalize", ["l2", "rms", "mean", "max", "weight", None])
+def test_ggr_normalize_is_scale_free(normalize):
+    params = loop_tree()
+    masks = gj.random_masks(params, gj.uniform_densities(params, 0.7), jax.random.key(0))
+    params = gj.apply_masks(random_like(params, jax.random.key(1)), masks)
+    grads = random_like(params, jax.random.key(2), {"a": 0.5})
+    method = gj.ggr(rho=1.0, normalize=normalize)
+    base = redistribute(params, masks, grads, jax.random.key(3), method=method, fraction=0.5,
+                        min_active=0)[1]
+    changed = []
+    for c in (1 / 64, 64.0):
+        w, g = dict(params), dict(grads)
+        if normalize == "weight":
+            w["b"], g["b"] = params["b"] * c, grads["b"] / c
+        else:
+            g["b"] = grads["b"] * c
+        new = redistribute(w, masks, g, jax.random.key(3), method=method, fraction=0.5,
+                           min_active=0)[1]
+        changed.append(any(bool((new[k] != base[k]).any()) for k in ("a", "b")))
+    assert changed == ([True, True] if normalize is None else [False, False])
+
+
+def test_unit_floor_keeps_each_units_largest_weight(getkey):
+    # fraction 1 drops every active weight it may. a's units keep 3 (col 0) and 2 (col 1): it
+    # drops the 1; b's col 0 keeps 5, col 1 has none: it drops the 4. Regrowth by |g| per layer.
+    p, m, g = hand()
+    method = gj.Method("rigl_floor", unit_floor=True)
+    out = redistribute(p, m, g, getkey(), method=method, fraction=1.0, min_active=0)
+    check(
+        out,
+        {"a": [[T, T], [F, T]], "b": [[T, T], [F, F]]},
+        {"a": [[3, 0], [0, 2]], "b": [[5, 0], [0, 0]]},
+        dropped={"a": 1, "b": 1},
+        grown={"a": 1, "b": 1},
+    )
+    no_floor = redistribute(p, m, g, getkey(), method=gj.rigl(), fraction=1.0, min_active=0)
+    assert int(no_floor[2]["dropped"]["a"]) == 3
+
+
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        (dict(allocate="none", place="gradient"), "static training is allocate='none'"),
+        (dict(allocate="per_layer", place="none"), "static training is allocate='none'"),
+        (dict(allocate="per_layer", normalize="l2"), "applies only to allocate='global_gradient'"),
+        (dict(unit_floor=1), "unit_floor must be a bool"),
+        (dict(signal="accumulated"), "method.signal must be one of"),
+        (dict(normalize="fan_in", allocate="global_gradient"), "method.normalize must be one of"),
+    ],
+)
+def test_method_combinations_are_checked(fields, match, getkey):
+    p, m, g = hand()
+    with pytest.raises(ValueError, match=match):
+        redistribute(p, m, g, getkey(), method=gj.Method("x", **fields), fraction=0.5)
 
 
 def test_ggr_regrow_pruned(getkey):
@@ -312,6 +385,8 @@ METHODS = {
     "ggr": gj.ggr(),  # the library default (rho=0.5)
     "ggr_gradient": gj.ggr(rho=1.0),
     "ggr_l2_no_regrow": gj.ggr(rho=0.25, normalize="l2", regrow_pruned=False),
+    "ggr_rms_unit_floor": gj.ggr(normalize="rms", unit_floor=True),
+    "ggr_weight": gj.ggr(rho=1.0, normalize="weight"),
     "rigl": gj.rigl(),
     "set": gj.set(),
     "snfs": gj.snfs(),
@@ -388,6 +463,11 @@ def test_invariants_over_many_updates(name):
                 new_params[k], jnp.where(new_masks[k] & masks[k], params[k], 0.0)
             )
         np.testing.assert_array_equal(new_params["bias"], params["bias"])
+        if METHODS[name].unit_floor:  # no output unit loses its last active weight
+            for k in ("a", "b"):
+                alive = masks[k].reshape(-1, masks[k].shape[-1]).any(0)
+                now = new_masks[k].reshape(-1, masks[k].shape[-1]).any(0)
+                assert bool((now | ~alive).all()), (k, step)
         if name in PER_LAYER:
             assert counts == init_counts
         if step == 7:

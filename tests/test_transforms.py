@@ -93,9 +93,11 @@ DUE = {t for t in range(STEPS) if t > 0 and t % UPDATE_EVERY == 0 and t < END_ST
 
 METHODS = {
     "ggr": gj.ggr(),
-    "ggr_accumulated": gj.ggr(rho=1.0, normalize="max", signal="accumulated"),
+    "ggr_accumulated": gj.ggr(rho=1.0, normalize="max", signal="mean_abs"),
+    "ggr_mean_rms": gj.ggr(normalize="rms", signal="mean", unit_floor=True),
+    "ggr_ema_weight": gj.ggr(rho=1.0, normalize="weight", signal="ema"),
     "rigl": gj.rigl(),
-    "rigl_accumulated": gj.rigl(signal="accumulated"),
+    "rigl_accumulated": gj.rigl(signal="mean_abs"),
     "set": gj.set(),
     "snfs": gj.snfs(),
     "static": gj.static(),
@@ -211,7 +213,8 @@ def test_dynamic_sparse_bf16(inner):
     train(tx, params, 6, check=check)
 
 
-@pytest.mark.parametrize("method", [gj.snfs(), gj.rigl(signal="accumulated")], ids=["snfs", "acc"])
+@pytest.mark.parametrize("method", [gj.snfs(), gj.rigl(signal="mean_abs"), gj.ggr(signal="ema")],
+                         ids=["snfs", "acc", "ema"])
 def test_dynamic_sparse_signals_strict_bf16(method):
     # The signals dynamic_sparse keeps are float32; with bf16 gradients that must not rely on an
     # implicit promotion (sgd itself is strict-clean).
@@ -312,7 +315,7 @@ def test_accumulated_signal_differs_from_batch():
     early = {"a": jnp.array([[0.0, 10.0], [0.0, 0.0]])}
     late = {"a": jnp.array([[0.0, 0.0], [5.0, 0.0]])}
     result = {}
-    for signal in ("batch", "accumulated"):
+    for signal in ("batch", "mean_abs", "mean"):
         tx = gj.dynamic_sparse(
             optax.sgd(1e-6),
             masks,
@@ -330,7 +333,33 @@ def test_accumulated_signal_differs_from_batch():
             p = optax.apply_updates(p, updates)
         result[signal] = np.asarray(gj.get_masks(state)["a"])
     np.testing.assert_array_equal(result["batch"], [[True, False], [True, True]])
-    np.testing.assert_array_equal(result["accumulated"], [[True, True], [False, True]])
+    np.testing.assert_array_equal(result["mean_abs"], [[True, True], [False, True]])
+    np.testing.assert_array_equal(result["mean"], [[True, True], [False, True]])
+
+
+def test_signed_mean_averages_noise_out():
+    # Free position (0,1) sees g = +10, -10, +10, -10 (noise: mean 0, mean |g| 10); (1,0), pruned
+    # at step 3, sees 1 on every step. The signed mean (0 vs 1) and the EMA (|-0.181| vs 0.344,
+    # before the common bias correction) regrow (1,0); the mean |g| and the batch (|-10| at
+    # step 3) regrow (0,1).
+    params = {"a": jnp.array([[3.0, 0.0], [1.0, 2.0]])}
+    masks = {"a": params["a"] != 0}
+    grads = [{"a": jnp.array([[0.0, 10.0 * (-1) ** t], [1.0, 0.0]])} for t in range(4)]
+    result = {}
+    for signal in ("batch", "mean_abs", "mean", "ema"):
+        tx = gj.dynamic_sparse(optax.sgd(1e-6), masks, key=jax.random.key(0),
+                               method=gj.rigl(signal=signal), update_every=3, end_step=10,
+                               drop_fraction=0.34, min_active=0)
+        p, state = params, tx.init(params)
+        update = jax.jit(tx.update)
+        for g in grads:
+            updates, state = update(g, state, p)
+            p = optax.apply_updates(p, updates)
+        result[signal] = np.asarray(gj.get_masks(state)["a"])
+    for signal in ("mean", "ema"):
+        np.testing.assert_array_equal(result[signal], [[True, False], [True, True]], signal)
+    for signal in ("batch", "mean_abs"):
+        np.testing.assert_array_equal(result[signal], [[True, True], [False, True]], signal)
 
 
 def test_dynamic_sparse_errors():
@@ -358,9 +387,17 @@ def test_snfs_momentum_zeroed_only_where_regrown():
     params = {"w": jnp.arange(1.0, 17.0).reshape(4, 4)}
     masks = {"w": params["w"] > 8}
     params = gj.apply_masks(params, masks)
-    tx = gj.dynamic_sparse(optax.sgd(0.0), masks, key=jax.random.key(0), method=gj.snfs(),
-                           update_every=2, end_step=10, drop_fraction=0.5, min_active=0,
-                           momentum_decay=0.5)
+    tx = gj.dynamic_sparse(
+        optax.sgd(0.0),
+        masks,
+        key=jax.random.key(0),
+        method=gj.snfs(),
+        update_every=2,
+        end_step=10,
+        drop_fraction=0.5,
+        min_active=0,
+        momentum_decay=0.5,
+    )
     update = jax.jit(tx.update)
     grads = {"w": jnp.linspace(2.0, 1.0, 16).reshape(4, 4)}  # inactive ones largest
     state = tx.init(params)
