@@ -119,8 +119,10 @@ def er_densities(params: PyTree, sparsity: Any, *, spec: PyTree | None = None) -
     paths, leaves, _, layers = _layers(params, spec)
     for i in layers:
         if np.ndim(leaves[i]) < 2:
-            raise ValueError(f"ER needs (..., n_in, n_out) leaves; sparsified leaf {paths[i]!r} "
-                             f"has shape {np.shape(leaves[i])}")
+            raise ValueError(
+                f"ER needs (..., n_in, n_out) leaves; sparsified leaf {paths[i]!r} "
+                f"has shape {np.shape(leaves[i])}"
+            )
     return _solve(params, sparsity, spec, lambda s: (s[-2] + s[-1]) / (s[-2] * s[-1]))
 
 
@@ -150,7 +152,9 @@ def erk_densities(
       >>> round(sum(float(d[k]) * p[k].size for k in p)) == round(0.05 * (784*300 + 300*100 + 1000))
       True
     """
-    return _solve(params, sparsity, spec, lambda s: (sum(s) / np.prod(s, dtype=np.float64)) ** power_scale)
+    return _solve(
+        params, sparsity, spec, lambda s: (sum(s) / np.prod(s, dtype=np.float64)) ** power_scale
+    )
 
 
 def custom_densities(
@@ -180,7 +184,9 @@ def custom_densities(
     paths, leaves, treedef, layers = _layers(params, spec)
     out = []
     for i in layers:
-        match = next((d for pattern, d in densities.items() if re.search(pattern, paths[i])), default)
+        match = next(
+            (d for pattern, d in densities.items() if re.search(pattern, paths[i])), default
+        )
         if match is None:
             raise ValueError(f"no density given for sparsified leaf {paths[i]!r} (and no default)")
         check_unit_interval(match, name=f"density of leaf {paths[i]!r}")

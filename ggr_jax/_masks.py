@@ -24,7 +24,9 @@ def _active_count(path: str, density: Any, size: int) -> Any:
     """Exact count for a density (or an integer count given directly)."""
     if np.issubdtype(np.result_type(density), np.integer):
         if is_concrete(density) and not 0 <= int(density) <= size:
-            raise ValueError(f"active count of leaf {path!r} must lie in [0, {size}], got {density}")
+            raise ValueError(
+                f"active count of leaf {path!r} must lie in [0, {size}], got {density}"
+            )
         return jnp.asarray(density, jnp.int32)
     check_unit_interval(density, name=f"density of leaf {path!r}")
     if is_concrete(density):
@@ -57,10 +59,14 @@ def random_masks(params: PyTree, densities: PyTree, key: jax.Array) -> PyTree:
         raise ValueError(f"densities tree structure does not match params: {treedef} vs {p_def}")
     sparse = [i for i, d in enumerate(dens) if d is not None]
     keys = jax.random.split(key, max(len(sparse), 1))
-    counts = jnp.stack(
-        [_active_count(paths[i], dens[i], int(np.size(leaves[i]))) for i in sparse]
-    ) if sparse else jnp.zeros((0,), jnp.int32)
-    scores = [order_key(jax.random.uniform(keys[j], np.shape(leaves[i]))) for j, i in enumerate(sparse)]
+    counts = (
+        jnp.stack([_active_count(paths[i], dens[i], int(np.size(leaves[i]))) for i in sparse])
+        if sparse
+        else jnp.zeros((0,), jnp.int32)
+    )
+    scores = [
+        order_key(jax.random.uniform(keys[j], np.shape(leaves[i]))) for j, i in enumerate(sparse)
+    ]
     selected = top_k_per_leaf(scores, [jnp.ones(s.shape, bool) for s in scores], counts)
     return unflatten_at(treedef, len(leaves), sparse, selected)
 

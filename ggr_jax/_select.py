@@ -75,7 +75,9 @@ def _flat_index(shape: Sequence[int]) -> jax.Array:
     """Row-major flat index of every element, built from iotas (no reshape, shards cleanly)."""
     size = int(np.prod(shape, dtype=np.int64))
     if size >= 2**31:
-        raise ValueError(f"a leaf of {size} elements is too large for int32 indexing (shape {shape})")
+        raise ValueError(
+            f"a leaf of {size} elements is too large for int32 indexing (shape {shape})"
+        )
     idx = jnp.zeros(shape, jnp.int32)
     stride = 1
     for d in reversed(range(len(shape))):
@@ -117,7 +119,7 @@ def random_keys(key: jax.Array, shape: Sequence[int]) -> jax.Array:
 
 
 def _chunk(d: int, reserve: int = 7) -> int:
-    """A chunk length ``c`` (a divisor of ``d``, at most 15) for splitting an axis as ``(d / c, c)``.
+    """A chunk length ``c`` (a divisor of ``d``, at most 15) to split an axis as ``(d / c, c)``.
 
     A device holding a contiguous block of a power-of-two sharding of the axis must hold whole
     chunks, or XLA's partitioner gathers the array. An odd ``c`` always divides the block; powers
@@ -163,7 +165,7 @@ def _reduce(x: jax.Array, op: str) -> jax.Array:
     """
     if op == "sum":
         x = x.astype(jnp.int32)
-    first = {"sum": jnp.sum, "min": jnp.min, "max": jnp.max}[op]
+    first: Callable[..., jax.Array] = {"sum": jnp.sum, "min": jnp.min, "max": jnp.max}[op]
     if x.ndim == 0:
         return x
     new_shape, axes = _partial_axes(x.shape)
@@ -216,14 +218,18 @@ def _select(
 
     def group_sum(per_leaf: jax.Array) -> jax.Array:
         # Static scatter of per-leaf scalars into groups: a few scalar adds, no gather of arrays.
-        return jnp.stack([sum((per_leaf[i] for i in members[g]), jnp.int32(0))
-                          for g in range(num_groups)])
+        return jnp.stack(
+            [sum((per_leaf[i] for i in members[g]), jnp.int32(0)) for g in range(num_groups)]
+        )
 
     def to_leaves(v: jax.Array) -> jax.Array:
         return jnp.stack([v[g] for g in groups])
 
-    n_elig_leaf = (jnp.stack([count_true(e) for e in eligible]) if n_eligible is None
-                   else jnp.asarray(n_eligible, jnp.int32))
+    n_elig_leaf = (
+        jnp.stack([count_true(e) for e in eligible])
+        if n_eligible is None
+        else jnp.asarray(n_eligible, jnp.int32)
+    )
     k = jnp.clip(jnp.asarray(k, jnp.int32), 0, group_sum(n_elig_leaf))
 
     # Invariant, per group: t in [lo, hi]; per leaf, c_lo = count(key >= lo) and
@@ -260,21 +266,35 @@ def _select(
             use = ~bisect & (byte >= (0 if interpolate else 1))
             mid = jnp.where(use, jnp.clip(guess, d_lo + 1, d_hi), mid)
             mid_leaf, active_leaf = to_leaves(mid.astype(jnp.uint8)), to_leaves(active)
-            c = c_above + jnp.stack([
-                _when(active_leaf[i], lambda i=i: count_true(digits[i] >= mid_leaf[i]),
-                      jnp.int32(0)) if alone else count_true(digits[i] >= mid_leaf[i])
-                for i in range(n)])
+            c = c_above + jnp.stack(
+                [
+                    _when(
+                        active_leaf[i],
+                        lambda i=i: count_true(digits[i] >= mid_leaf[i]),
+                        jnp.int32(0),
+                    )
+                    if alone
+                    else count_true(digits[i] >= mid_leaf[i])
+                    for i in range(n)
+                ]
+            )
             up = active & (group_sum(c) >= k)
             down = active & ~up
             value = (lo & ~(jnp.uint32(0xFF) << shift)) | (mid << shift)
             new_lo, new_hi = jnp.where(up, value, lo), jnp.where(down, value - jnp.uint32(1), hi)
             width = ((new_hi >> shift) & 0xFF) - ((new_lo >> shift) & 0xFF)
-            return (new_lo, new_hi, jnp.where(to_leaves(up), c, c_lo),
-                    jnp.where(to_leaves(down), c, c_hi), ~bisect & (2 * width > d_hi - d_lo))
+            return (
+                new_lo,
+                new_hi,
+                jnp.where(to_leaves(up), c, c_lo),
+                jnp.where(to_leaves(down), c, c_hi),
+                ~bisect & (2 * width > d_hi - d_lo),
+            )
 
         bisect = jnp.zeros((num_groups,), jnp.bool_)
-        out = lax.while_loop(lambda s: jnp.any(is_open(*s[:3], shift)), step,
-                             (lo, hi, c_lo, c_hi, bisect))
+        out = lax.while_loop(
+            lambda s: jnp.any(is_open(*s[:3], shift)), step, (lo, hi, c_lo, c_hi, bisect)
+        )
         return (byte + 1, *out[:4])
 
     def unsettled(state):
@@ -289,35 +309,49 @@ def _select(
     t_leaf = to_leaves(lo)
     need = k - group_sum(c_hi)
     tie = c_lo - c_hi
-    take = []
+    takes = []
     before = [jnp.int32(0)] * num_groups
     for i in range(n):
         g = groups[i]
-        take.append(jnp.clip(need[g] - before[g], 0, tie[i]))
+        takes.append(jnp.clip(need[g] - before[g], 0, tie[i]))
         before[g] = before[g] + tie[i]
-    take = jnp.stack(take)
+    take = jnp.stack(takes)
     full = (take > 0) & (take >= tie)  # every entry of [lo, hi] in this leaf is taken
     partial = (take > 0) & (take < tie)  # only when lo == hi: ties at t, cut by flat index
 
     def fast_masks():
-        return [eligible[i] & jnp.where(full[i], x >= t_leaf[i], x > t_leaf[i])
-                for i, x in enumerate(_keys(spec) for spec in key_specs)]
+        return [
+            eligible[i] & jnp.where(full[i], x >= t_leaf[i], x > t_leaf[i])
+            for i, x in enumerate(_keys(spec) for spec in key_specs)
+        ]
 
     def index_masks():
-        bound = _index_bounds([lambda token, i=i: eligible[i]
-                               & (_keys(key_specs[i], token) == t_leaf[i]) for i in range(n)],
-                              shapes, take, partial)
+        bound = _index_bounds(
+            [
+                lambda token, i=i: eligible[i] & (_keys(key_specs[i], token) == t_leaf[i])
+                for i in range(n)
+            ],
+            shapes,
+            take,
+            partial,
+        )
         bound = jnp.where(full, jnp.int32(2**31 - 1), bound)  # a full leaf takes all its ties
-        return [eligible[i] & ((x > t_leaf[i]) | ((x == t_leaf[i])
-                                                   & (_flat_index(shapes[i]) < bound[i])))
-                for i, x in enumerate(_keys(spec) for spec in key_specs)]
+        return [
+            eligible[i]
+            & ((x > t_leaf[i]) | ((x == t_leaf[i]) & (_flat_index(shapes[i]) < bound[i])))
+            for i, x in enumerate(_keys(spec) for spec in key_specs)
+        ]
 
     selected = lax.cond(jnp.any(partial), index_masks, fast_masks)
     return selected, c_hi + take
 
 
-def _index_bounds(tied_fns: Sequence[Callable[[jax.Array], jax.Array]], shapes: Sequence[tuple[int, ...]],
-                  take: jax.Array, partial: jax.Array) -> jax.Array:
+def _index_bounds(
+    tied_fns: Sequence[Callable[[jax.Array], jax.Array]],
+    shapes: Sequence[tuple[int, ...]],
+    take: jax.Array,
+    partial: jax.Array,
+) -> jax.Array:
     """Per leaf, a bound j with exactly ``take`` tied entries at flat index < j (0 if none).
 
     A leaf takes its ``take`` lowest tied indices: by peeling them one min-reduction each when
@@ -362,9 +396,14 @@ def _index_bounds(tied_fns: Sequence[Callable[[jax.Array], jax.Array]], shapes: 
     return lax.while_loop(any_active, step, (jlo, jhi, left))[0]
 
 
-def select_per_leaf(key_specs: Sequence[KeySpec], eligible: Sequence[jax.Array], k: jax.Array,
-                    *, interpolate: bool = False, n_eligible: jax.Array | None = None
-                    ) -> tuple[list[jax.Array], jax.Array]:
+def select_per_leaf(
+    key_specs: Sequence[KeySpec],
+    eligible: Sequence[jax.Array],
+    k: jax.Array,
+    *,
+    interpolate: bool = False,
+    n_eligible: jax.Array | None = None,
+) -> tuple[list[jax.Array], jax.Array]:
     """:func:`top_k_per_leaf` with keys given as :data:`KeySpec`; also returns per-leaf counts.
 
     ``interpolate=True`` suits uniformly random keys (see :func:`random_keys`): a byte then takes
@@ -372,17 +411,24 @@ def select_per_leaf(key_specs: Sequence[KeySpec], eligible: Sequence[jax.Array],
     """
     if not key_specs:
         return [], jnp.zeros((0,), jnp.int32)
-    return _select(key_specs, eligible, k, list(range(len(key_specs))), len(key_specs),
-                   interpolate, n_eligible)
+    return _select(
+        key_specs, eligible, k, list(range(len(key_specs))), len(key_specs), interpolate, n_eligible
+    )
 
 
-def select_global(key_specs: Sequence[KeySpec], eligible: Sequence[jax.Array], k: jax.Array,
-                  *, n_eligible: jax.Array | None = None) -> tuple[list[jax.Array], jax.Array]:
+def select_global(
+    key_specs: Sequence[KeySpec],
+    eligible: Sequence[jax.Array],
+    k: jax.Array,
+    *,
+    n_eligible: jax.Array | None = None,
+) -> tuple[list[jax.Array], jax.Array]:
     """:func:`top_k_global` with keys given as :data:`KeySpec`; also returns per-leaf counts."""
     if not key_specs:
         return [], jnp.zeros((0,), jnp.int32)
-    return _select(key_specs, eligible, jnp.reshape(k, (1,)), [0] * len(key_specs), 1,
-                   n_eligible=n_eligible)
+    return _select(
+        key_specs, eligible, jnp.reshape(k, (1,)), [0] * len(key_specs), 1, n_eligible=n_eligible
+    )
 
 
 def _const(x: jax.Array) -> KeySpec:

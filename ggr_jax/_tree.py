@@ -86,8 +86,8 @@ def sparsifiable(
       {'b': False, 'w': True}
     """
     paths, leaves, treedef = leaves_with_paths(params)
-    out = []
-    for path, x in zip(paths, leaves):
+    out: list[bool | None] = []
+    for path, x in zip(paths, leaves, strict=True):
         if x is None:
             out.append(None)
             continue
@@ -119,7 +119,7 @@ def check_spec(params: PyTree, spec: PyTree | None) -> list[bool]:
             f"spec tree structure does not match params: spec {s_def} vs params {p_def}"
         )
     flat = []
-    for path, s, x in zip(paths, s_leaves, p_leaves):
+    for path, s, x in zip(paths, s_leaves, p_leaves, strict=True):
         if s is None or x is None:
             flat.append(False)
             continue
@@ -142,7 +142,7 @@ def check_masks(params: PyTree, masks: PyTree, *, name: str = "masks") -> None:
             f"{name} tree structure does not match params (use None for dense leaves): "
             f"{name} {m_def} vs params {p_def}"
         )
-    for path, m, x in zip(paths, m_leaves, p_leaves):
+    for path, m, x in zip(paths, m_leaves, p_leaves, strict=True):
         if m is None:
             continue
         if x is None:
@@ -162,7 +162,7 @@ def check_like(params: PyTree, other: PyTree, *, name: str) -> None:
     paths, o_leaves, o_def = leaves_with_paths(other)
     if p_def != o_def:
         raise ValueError(f"{name} tree structure does not match params: {o_def} vs {p_def}")
-    for path, o, x in zip(paths, o_leaves, p_leaves):
+    for path, o, x in zip(paths, o_leaves, p_leaves, strict=True):
         if (o is None) != (x is None):
             raise ValueError(f"{name} leaf {path!r} is {o!r} where the param is {x!r}")
         if o is not None and np.shape(o) != np.shape(x):

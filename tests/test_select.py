@@ -157,8 +157,9 @@ def test_top_k_per_leaf_equals_reference(problem, data):
 # --- random placement: interpolation search on uniformly random keys --------------------------
 
 _UNIFORM = jax.jit(
-    lambda keys, elig, k: select_per_leaf([(lambda x: x, (x,)) for x in keys], elig, k,
-                                          interpolate=True)
+    lambda keys, elig, k: select_per_leaf(
+        [(lambda x: x, (x,)) for x in keys], elig, k, interpolate=True
+    )
 )
 
 
