@@ -10,6 +10,7 @@ Reference: Parger et al. 2022, https://arxiv.org/abs/2210.14012
 from ggr_jax._distributions import custom_densities, er_densities, erk_densities, uniform_densities
 from ggr_jax._export import compress, decompress, is_compressed, model_bytes
 from ggr_jax._masks import active_counts, apply_masks, global_density, mask_densities, random_masks
+from ggr_jax._nm import group_top_k, is_nm, nm_random_masks, nm_redistribute
 from ggr_jax._optimizer_state import reset_optimizer_state
 from ggr_jax._redistribute import Method, ggr, redistribute, rigl, set_, snfs, static
 from ggr_jax._select import order_key, top_k_global, top_k_per_leaf
@@ -48,11 +49,15 @@ __all__ = [
     "get_masks",
     "ggr",
     "global_density",
+    "group_top_k",
     "is_compressed",
+    "is_nm",
     "mask_densities",
     "mask_gradients",
     "mask_updates",
     "model_bytes",
+    "nm_random_masks",
+    "nm_redistribute",
     "order_key",
     "random_masks",
     "redistribute",
