@@ -9,6 +9,7 @@ Reference: Parger et al. 2022, https://arxiv.org/abs/2210.14012
 
 from ggr_jax._distributions import custom_densities, er_densities, erk_densities, uniform_densities
 from ggr_jax._export import compress, decompress, is_compressed, model_bytes
+from ggr_jax._gmp import full_masks, gmp_schedule, magnitude_prune
 from ggr_jax._masks import active_counts, apply_masks, global_density, mask_densities, random_masks
 from ggr_jax._nm import group_top_k, is_nm, nm_random_masks, nm_redistribute
 from ggr_jax._optimizer_state import reset_optimizer_state
@@ -46,12 +47,15 @@ __all__ = [
     "dynamic_sparse",
     "er_densities",
     "erk_densities",
+    "full_masks",
     "get_masks",
     "ggr",
     "global_density",
+    "gmp_schedule",
     "group_top_k",
     "is_compressed",
     "is_nm",
+    "magnitude_prune",
     "mask_densities",
     "mask_gradients",
     "mask_updates",
