@@ -41,6 +41,8 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]  # per-channel, in the units of the stored images
     std: tuple[float, ...]
+    val_images: np.ndarray | None = None  # held out of the training set (see `hold_out`)
+    val_labels: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -52,7 +54,49 @@ LOADERS: dict[str, Callable[..., Dataset]] = {}
 
 
 def load_dataset(config) -> Dataset:
-    """Loads ``config.dataset`` according to ``config.data_source`` and ``config.data_dir``."""
+    """Loads ``config.dataset`` according to ``config.data_source`` and ``config.data_dir``, with
+    ``config.validation_size`` training examples held out as a validation split."""
+    return hold_out(_load(config), config.validation_size, config.validation_seed)
+
+
+def hold_out(ds: Dataset, size: int, seed: int) -> Dataset:
+    """Moves ``size`` training examples into a validation split.
+
+    The held-out examples are the first ``size`` of a fixed permutation drawn from ``seed``
+    (``numpy.random.default_rng(seed).permutation``), independent of the training seed, so every
+    run of a study sees the same split. Both parts keep their original order. The normalisation
+    statistics are recomputed from the remaining training examples only.
+
+    Args:
+      ds: a dataset without a validation split.
+      size: examples to hold out; 0 returns ``ds`` unchanged.
+      seed: seed of the split.
+
+    Returns:
+      The dataset with ``val_images``/``val_labels`` set and that many fewer training examples.
+    """
+    if size == 0:
+        return ds
+    n = ds.train_images.shape[0]
+    if not 0 < size < n:
+        raise UserError(f"validation_size must be in [0, {n}) for this dataset, got {size}")
+    if ds.val_images is not None:
+        raise UserError("the dataset already has a validation split")
+    perm = np.random.default_rng(seed).permutation(n)
+    val, train = np.sort(perm[:size]), np.sort(perm[size:])
+    mean, std = _stats(ds.train_images[train][:10000])
+    return dataclasses.replace(
+        ds,
+        train_images=ds.train_images[train],
+        train_labels=ds.train_labels[train],
+        val_images=ds.train_images[val],
+        val_labels=ds.train_labels[val],
+        mean=mean,
+        std=std,
+    )
+
+
+def _load(config) -> Dataset:
     name = config.dataset
     if name in LOADERS:
         return LOADERS[name](config)

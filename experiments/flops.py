@@ -1,4 +1,4 @@
-"""Inference FLOPs of a (sparse) network relative to its dense version.
+"""Inference and training FLOPs of a (sparse) network relative to its dense version.
 
 Counts the multiply-adds of every conv and dense kernel, as RigL does: a kernel applied at P output
 positions costs ``2 * kernel.size * P`` FLOPs per example dense, and ``density`` times that sparse.
@@ -48,3 +48,55 @@ def relative_flops(flops: dict[tuple[str, ...], float], masks) -> float:
     total = sum(flops.values())
     sparse = sum(f * density.get(p, 1.0) for p, f in flops.items())
     return sparse / total if total else 1.0
+
+
+def layer_flops(model, variables, input_shape) -> dict[str, float]:
+    """:func:`kernel_flops` keyed by layer name (as in metrics records, e.g. ``Dense_0``)."""
+    from experiments.metrics import layer_name
+
+    return {layer_name(p): f for p, f in kernel_flops(model, variables, input_shape).items()}
+
+
+def training_flops_ratio(
+    layer_flops: dict[str, float], records: list[dict], steps: int, dense_every_step: bool
+) -> float:
+    """Training FLOPs of a run relative to dense training, counted as RigL does.
+
+    A dense step costs ``3 f_D`` (forward, gradient of the inputs, gradient of the weights). A
+    sparse step costs ``3 f_S``, with ``f_S`` from the per-layer densities at that step; a step
+    that reads the dense gradient (every topology update, and every step of a method with
+    ``dense_every_step``: SNFS, accumulated regrowth signals) costs ``2 f_S + f_D``.
+    Reference: Evci et al. 2020, https://arxiv.org/abs/1911.11134 (appendix H).
+
+    Args:
+      layer_flops: dense inference FLOPs per example of each kernel, by layer name.
+      records: the run's metrics records (``init`` and ``topology`` records give the densities).
+      steps: training steps of the run.
+      dense_every_step: whether every step reads the dense gradient.
+
+    Returns:
+      The ratio (1.0 for dense training).
+
+    Example:
+      >>> recs = [{"type": "init", "density": {"a": 0.1}},
+      ...         {"type": "topology", "step": 5, "density": {"a": 0.1}}]
+      >>> round(training_flops_ratio({"a": 2.0}, recs, 10, False), 4)  # (9*3*.2 + 2*.2+2)/60
+      0.13
+    """
+    dense = sum(layer_flops.values())
+    if not dense or steps <= 0:
+        return 1.0
+
+    def sparse(density: dict) -> float:
+        return sum(f * density.get(k, 1.0) for k, f in layer_flops.items())
+
+    def step_cost(f_s: float) -> float:
+        return 2 * f_s + (dense if dense_every_step else f_s)
+
+    init = next(r for r in records if r["type"] == "init")
+    done, f_s, total = 0, sparse(init["density"]), 0.0
+    for r in sorted((r for r in records if r["type"] == "topology"), key=lambda r: r["step"]):
+        total += (r["step"] - done) * step_cost(f_s) + 2 * f_s + dense
+        done, f_s = r["step"] + 1, sparse(r["density"])
+    total += max(steps - done, 0) * step_cost(f_s)
+    return total / (3 * dense * steps)

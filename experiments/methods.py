@@ -29,11 +29,15 @@ def check(config) -> None:
     choice("optimizer", ("sgd", "adam"))
     choice("lr_schedule", ("cosine", "step", "constant"))
     choice("topology_update", ("cond", "separate"))
-    choice("ggr_signal", ("batch", "accumulated"))
-    choice("ggr_normalize", ("none", "l2", "mean", "max"))
+    choice("ggr_signal", ("batch", "mean", "ema", "mean_abs"))
+    choice("ggr_normalize", ("none", "l2", "rms", "mean", "max", "weight"))
+    if not 0.0 <= config.signal_decay < 1.0:
+        raise UserError(f"signal_decay must be in [0, 1), got {config.signal_decay}")
+    if config.validation_size < 0:
+        raise UserError(f"validation_size must be >= 0, got {config.validation_size}")
     if config.min_active < -1:
         raise UserError(
-            f"min_active must be -1 (one per output unit) or >= 0, got {config.min_active}"
+            f"min_active must be -1 (shape[-1] per layer) or >= 0, got {config.min_active}"
         )
     if not 0.0 <= config.sparsity < 1.0:
         raise UserError(f"sparsity must be in [0, 1), got {config.sparsity}")
@@ -76,12 +80,23 @@ def make_method(config) -> gj.Method | None:
         return None
     if name == "ggr":
         normalize = None if config.ggr_normalize == "none" else config.ggr_normalize
-        return gj.ggr(rho=config.ggr_rho, signal=config.ggr_signal, normalize=normalize)
+        return gj.ggr(
+            rho=config.ggr_rho,
+            signal=config.ggr_signal,
+            normalize=normalize,
+            unit_floor=bool(config.ggr_unit_floor),
+        )
     return {"static": gj.static, "set": gj.set, "rigl": gj.rigl, "snfs": gj.snfs}[name]()
 
 
+def reads_dense_gradients(method: gj.Method | None) -> bool:
+    """Whether the method reads the dense gradient at every step (SNFS's momentum, an
+    accumulated regrowth signal), not only at topology updates (RigL's accounting)."""
+    return method is not None and (method.needs_momentum or method.signal != "batch")
+
+
 def is_dynamic(method: gj.Method | None) -> bool:
-    return method is not None and method.allocate != "none"
+    return method is not None and not method.is_static
 
 
 def initial_masks(params, key, *, method: str, init: str, sparsity: float, dense_first: bool):
@@ -137,11 +152,12 @@ def is_update_step(step, delta_t: int, t_end: int):
 
 
 def make_optimizer(config, method: gj.Method | None, steps_per_epoch: int):
-    """Masked optimizer: (|g| sums) -> mask grads -> weight decay -> SGD/Adam -> mask updates."""
+    """Masked optimizer: (gradient signal) -> mask grads -> weight decay -> SGD/Adam -> mask
+    updates. The signal (GGR's or RigL's ``mean``/``ema``/``mean_abs``) reads dense gradients."""
     lr = learning_rate(config, steps_per_epoch)
     parts = []
-    if method is not None and method.signal == "accumulated":
-        parts.append(gj.accumulate_gradients())
+    if method is not None and method.signal != "batch":
+        parts.append(gj.accumulate_gradients(method.signal, decay=config.signal_decay))
     parts.append(gj.mask_gradients())
     if config.weight_decay:
         parts.append(optax.add_decayed_weights(config.weight_decay))

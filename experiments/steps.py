@@ -2,7 +2,7 @@
 
 The masks live in the train state next to the params. A topology update at step t (see
 `methods.is_update_step`) runs before that step's optimizer update and uses the same batch gradient
-(or the accumulated |g|, or SNFS's gradient EMA): redistribute -> reset the optimizer state of
+(or the signal accumulated since the last update, or SNFS's gradient EMA): redistribute -> reset the optimizer state of
 pruned and regrown weights -> masked optimizer step with the new masks.
 """
 
@@ -40,7 +40,7 @@ class StepConfig(NamedTuple):
     delta_t: int
     t_end: int
     drop_fraction: float
-    min_active: int | None  # None: the library default (one per output unit)
+    min_active: int | None  # None: the library default (shape[-1] per layer)
 
 
 def step_config(config, dataset, total_steps: int) -> StepConfig:
@@ -154,9 +154,7 @@ def train_step(state: TrainState, batch, *, model, tx, cfg: StepConfig, topology
 
         def update(operand):
             params, masks, opt_state = operand
-            signal = (
-                gj.accumulated_gradients(opt_state) if method.signal == "accumulated" else grads
-            )
+            signal = gj.accumulated_gradients(opt_state) if method.signal != "batch" else grads
             new_params, new_masks, info = gj.redistribute(
                 params,
                 masks,

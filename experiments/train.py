@@ -196,22 +196,24 @@ def train_and_evaluate(
             out_shardings=replicated,
         )
 
+        splits = {"test": (ds.test_images, ds.test_labels)}
+        if ds.val_images is not None:
+            splits["val"] = (ds.val_images, ds.val_labels)
+
         def evaluate(st) -> dict:
-            sums = _summed(
-                [
-                    eval_fn(st.params, st.batch_stats, jax.device_put(b, batch_sharding))
-                    for b in data.eval_batches(
-                        ds.test_images,
-                        ds.test_labels,
-                        config.eval_batch_size,
-                        config.steps_per_eval,
-                    )
-                ]
-            )
-            return {
-                "test_loss": sums["loss"] / sums["count"],
-                "test_accuracy": sums["correct"] / sums["count"],
-            }
+            out = {}
+            for split, (images, labels) in splits.items():
+                sums = _summed(
+                    [
+                        eval_fn(st.params, st.batch_stats, jax.device_put(b, batch_sharding))
+                        for b in data.eval_batches(
+                            images, labels, config.eval_batch_size, config.steps_per_eval
+                        )
+                    ]
+                )
+                out[f"{split}_loss"] = sums["loss"] / sums["count"]
+                out[f"{split}_accuracy"] = sums["correct"] / sums["count"]
+            return out
 
         batches = _prefetch(
             data.train_batches(ds, config.batch_size, config.seed, start), batch_sharding
@@ -257,6 +259,8 @@ def train_and_evaluate(
     final = evaluate(state)
     records = metrics.read(metrics_path)
     variables = steps._variables(state.params, state.batch_stats)
+    layer_flops = flops.layer_flops(model, variables, ds.input_shape)
+    updates = [r for r in records if r["type"] == "topology"]
     results = {
         "config": config.name,
         "method": config.method,
@@ -265,14 +269,20 @@ def train_and_evaluate(
         "seed": int(config.seed),
         "steps": int(state.step),
         "epochs": int(state.step) / steps_per_epoch,
-        "test_accuracy": final["test_accuracy"],
-        "test_loss": final["test_loss"],
+        **final,
         "density": _densities(state.masks, layer_size)["global_density"],
         "layer_density": _densities(state.masks, layer_size)["density"],
+        "layer_active": metrics.per_layer(gj.active_counts(state.masks)),
         "flops_ratio": flops.relative_flops(
             flops.kernel_flops(model, variables, ds.input_shape), state.masks
         ),
-        "moved_total": int(sum(r.get("moved", 0) for r in records if r["type"] == "topology")),
+        "training_flops_ratio": flops.training_flops_ratio(
+            layer_flops, records, int(state.step), methods.reads_dense_gradients(method)
+        ),
+        "n_updates": len(updates),
+        "last_update_step": updates[-1]["step"] if updates else None,
+        "lr_at_last_update": float(lr_at(updates[-1]["step"])) if updates else None,
+        "moved_total": int(sum(r.get("moved", 0) for r in updates)),
         "wall_s": time.time() - start_time,
     }
     log.write({"type": "final", "step": int(state.step), **results})

@@ -10,6 +10,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.dataset = "digits"  # digits | fashion_mnist | cifar100 | tiny_imagenet
     c.data_source = "auto"  # auto | local | tfds (see experiments/data.py)
     c.data_dir = ""  # local files (IDX, cifar-100-python) or a TFDS data_dir
+    c.validation_size = 0  # training examples held out for validation (fixed split, see data.py)
+    c.validation_seed = 0  # seed of that split (independent of the training seed)
     c.augment = False  # random crop (pad 4) + horizontal flip, for the CIFAR-style setups
     # Model.
     c.model = "mlp"  # mlp | lenet5 | vgg16 | mobilenetv2
@@ -23,9 +25,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.drop_fraction = 0.3  # alpha: fraction dropped at the first update, cosine-decayed to 0
     c.end_fraction = 0.75  # t_end as a fraction of the total number of training steps
     c.ggr_rho = 0.5  # GGR: fraction of regrown weights placed by gradient (rest random)
-    c.ggr_signal = "batch"  # GGR: batch | accumulated (mean gradient since the last update)
-    c.ggr_normalize = "none"  # GGR: none | l2 | mean | max per-layer gradient normalisation
-    c.min_active = -1  # fewest active weights per layer; -1: one per output unit (library default)
+    c.ggr_signal = "batch"  # GGR: batch | mean | ema | mean_abs (see gj.ggr)
+    c.ggr_normalize = "none"  # GGR: none | l2 | rms | mean | max | weight (see gj.ggr)
+    c.ggr_unit_floor = False  # GGR: the prune keeps one active weight per output unit
+    c.signal_decay = 0.9  # GGR's "ema" signal: decay of the gradient EMA
+    c.min_active = -1  # fewest active weights per layer in total; -1: shape[-1] (library default)
     c.snfs_momentum = 0.9  # SNFS: EMA coefficient of the gradient momentum it allocates by
     c.topology_update = "separate"  # separate (own jitted step) | cond (lax.cond in the train step)
     # Optimisation.
