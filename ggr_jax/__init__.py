@@ -10,6 +10,17 @@ Reference: Parger et al. 2022, https://arxiv.org/abs/2210.14012
 from ggr_jax._distributions import custom_densities, er_densities, erk_densities, uniform_densities
 from ggr_jax._export import compress, decompress, is_compressed, model_bytes
 from ggr_jax._gmp import full_masks, gmp_schedule, magnitude_prune
+from ggr_jax._inference import (
+    EllKernel,
+    SparseLinear,
+    linen_apply,
+    mlp_apply,
+    nnx_sparsify,
+    sparse_matmul,
+    sparsify,
+    to_bcoo,
+    to_ell,
+)
 from ggr_jax._masks import active_counts, apply_masks, global_density, mask_densities, random_masks
 from ggr_jax._nm import group_top_k, is_nm, nm_random_masks, nm_redistribute
 from ggr_jax._optimizer_state import reset_optimizer_state
@@ -35,8 +46,10 @@ __version__ = "0.1.0"
 __all__ = [
     "AccumulatedGradients",
     "DynamicSparseState",
+    "EllKernel",
     "GradientEMA",
     "Method",
+    "SparseLinear",
     "accumulate_gradients",
     "accumulated_gradients",
     "active_counts",
@@ -55,13 +68,16 @@ __all__ = [
     "group_top_k",
     "is_compressed",
     "is_nm",
+    "linen_apply",
     "magnitude_prune",
     "mask_densities",
     "mask_gradients",
     "mask_updates",
+    "mlp_apply",
     "model_bytes",
     "nm_random_masks",
     "nm_redistribute",
+    "nnx_sparsify",
     "order_key",
     "random_masks",
     "redistribute",
@@ -69,8 +85,12 @@ __all__ = [
     "rigl",
     "set",
     "snfs",
+    "sparse_matmul",
     "sparsifiable",
+    "sparsify",
     "static",
+    "to_bcoo",
+    "to_ell",
     "top_k_global",
     "top_k_per_leaf",
     "uniform_densities",
