@@ -1,0 +1,394 @@
+"""Study v2's report: the selection tables and docs/results.md (tables, verdicts, figures).
+
+Everything is derived from runs.csv rows, the pre-registration in ``experiments/configs/study.py``
+and the named configs; the statistics are in ``experiments.study_stats``.
+
+    python -m experiments.study selection   # selection_tables(rows)
+    python -m experiments.study report      # write_report(rows, "docs")
+"""
+
+import json
+import os
+
+import numpy as np
+
+from experiments import configs, plots, study_runs
+from experiments import study_stats as st
+from experiments.configs import study as spec
+from experiments.study_stats import selection_tables, selection_winner
+
+__all__ = ["selection_tables", "selection_winner", "write_report"]
+
+COMMANDS = (
+    "python -m experiments.study run --grids select        # then set STAGE1 in "
+    "experiments/configs/study.py",
+    "python -m experiments.study run --grids select2,A,B,C,D",
+    "python -m experiments.study selection",
+    "python -m experiments.study report",
+)
+V1_CSV = os.path.join("docs", "results", "v1_runs.csv")
+
+
+def _ci(p: st.Paired, unit: str = "") -> str:
+    if p.n == 0:
+        return p.verdict
+    ci = "" if np.isnan(p.lo) else f" [{100 * p.lo:+.2f}, {100 * p.hi:+.2f}]"
+    return f"{100 * p.mean:+.2f}{ci}{unit} {p.verdict}".strip()
+
+
+def _col(grid: spec.Grid, s: float, e: int) -> str:
+    return f"{100 * s:g} %" + (f", {e} ep" if len(grid.epochs) > 1 else "")
+
+
+def _rows_of(rows: list[dict], grid: spec.Grid) -> list[dict]:
+    return [r for r in rows if r["grid"] == grid.name]
+
+
+# --- pre-registration and setup ----------------------------------------------------------------
+
+
+def _preregistration() -> str:
+    lines = ["## Pre-registration", "",
+             "Fixed in `experiments/configs/study.py` before the runs (this section is generated "
+             "from it).", ""]
+    for name in (n for n in spec.ORDER if n in spec.GRIDS):
+        g = spec.GRIDS[name]
+        arms = ", ".join(f"`{a.name}`" for a in g.arms)
+        sparsity = ", ".join(f"{100 * s:g} %" for s in g.sparsities)
+        lines.append(f"- **{name}** ({g.split} split) — {g.question} — arms {arms}; inits "
+                     f"{'/'.join(g.inits)}; sparsity {sparsity}; {'/'.join(map(str, g.epochs))} "
+                     f"epochs; seeds {', '.join(map(str, g.seeds))}.")
+    base = "; ".join(f"{k}: **{v}**" for k, v in spec.BASELINES.items())
+    lines += [
+        "",
+        f"- Comparators per claim — {base}. SET, static and dense are context, never the "
+        "comparator of a verdict.",
+        f"- Metric: test accuracy (validation accuracy for selection grids). {st.RULES}",
+        f"- Chance is 1 / number of classes; margin {100 * spec.CHANCE_MARGIN:.0f} pp.",
+        f"- {st.CLAIM_A}",
+        f"- {st.CLAIM_B}",
+        f"- Selection: {spec.SELECTION_RULE}. Stage 1's winner: "
+        f"`{spec.STAGE1 or 'not chosen yet'}`. The final grids' `ggr` arm runs the library "
+        f"defaults at the commit of the run; `{spec.GGR_V1.name}` the v1 defaults.",
+    ]
+    return "\n".join(lines)
+
+
+def _config(grid: spec.Grid):
+    c = configs.get_config(grid.config)
+    for k, v in (*spec.COMMON.items(), *grid.overrides):
+        c[k] = v
+    return c
+
+
+def _distinct(rows: list[dict], col: str, fmt: str) -> str:
+    vals = sorted({float(r[col]) for r in rows if r[col] != "" and r["method"] != "dense"})
+    if not vals:
+        return "–"
+    return format(vals[0], fmt) + (f"–{format(vals[-1], fmt)}" if len(vals) > 1 else "")
+
+
+def _setup(rows: list[dict]) -> str:
+    head = ["grid", "model", "epochs", "batch", "optimizer, lr", "Δt", "drop", "end",
+            "validation", "topology updates", "lr at last update"]
+    body = []
+    for name in (n for n in spec.ORDER if n in spec.GRIDS):
+        g = spec.GRIDS[name]
+        c = _config(g)
+        model = c.model + (f" {'-'.join(map(str, c.hidden))}" if c.model == "mlp" else "")
+        for e in g.epochs:
+            rs = [r for r in _rows_of(rows, g) if int(r["epochs"]) == e]
+            body.append([
+                name, f"{model} ({c.dataset})", str(e), str(c.batch_size),
+                f"{c.optimizer} m={c.momentum}, {c.learning_rate} {c.lr_schedule}, "
+                f"wd {c.weight_decay}", str(c.delta_t), str(c.drop_fraction),
+                str(c.end_fraction), f"{c.validation_size} (seed {c.validation_seed})",
+                _distinct(rs, "n_updates", ".0f"), _distinct(rs, "lr_at_last_update", ".2g")])
+    return "## Setup\n\n" + st.md_table(head, body) + (
+        "\n\nThe same config, seeds, data order and budget for every method of a grid; "
+        "the last two columns are read from the runs (sparse methods; '–': no runs yet).")
+
+
+# --- final grids ------------------------------------------------------------------------------
+
+
+def _accuracy_table(rows: list[dict], g: spec.Grid) -> str:
+    accs = st.seeds_by_cell(rows, g)
+    cols = [(s, e) for e in g.epochs for s in g.sparsities]
+    need = len(g.seeds)
+
+    def cell(v):
+        if not v:
+            return "–"
+        x = list(v.values())
+        std = np.std(x, ddof=1) if len(x) > 1 else 0.0
+        more = f"({len(x)})" if len(x) >= need else f"pending ({len(x)}/{need} seeds)"
+        return f"{st.pct(np.mean(x))} ± {st.pct(std)} {more}"
+
+    body = []
+    for arm in g.arms:
+        if arm.method == "dense":
+            body.append(["dense", "–", *(cell(accs.get(("dense", ("-", 0.0, e)))) for _, e in cols
+                                          )])
+            continue
+        for i in g.inits:
+            name = f"**{arm.name}**" if arm.name == "ggr" else arm.name
+            body.append([name, i, *(cell(accs.get((arm.name, (i, s, e)))) for s, e in cols)])
+    return (f"Test accuracy %, mean ± std (n seeds of {need}):\n\n"
+            + st.md_table(["arm", "init", *(_col(g, s, e) for s, e in cols)], body))
+
+
+def _differences_table(rows: list[dict], g: spec.Grid) -> str:
+    comps = st.compare_arm(rows, g)
+    cols = [(s, e) for e in g.epochs for s in g.sparsities]
+    body = []
+    for base in spec.BASELINES.values():
+        for i in g.inits:
+            by = {(c.cell[1], c.cell[2]): c.result for c in comps
+                  if c.comparator == base and c.cell[0] == i}
+            body.append([f"ggr − {base}", i, *(_ci(by[k]) for k in cols)])
+    return ("Paired differences (pp), mean [95 % CI] verdict:\n\n"
+            + st.md_table(["comparison", "init", *(_col(g, s, e) for s, e in cols)], body))
+
+
+def _gap_table(rows: list[dict], g: spec.Grid) -> str:
+    cols = [(s, e) for e in g.epochs for s in g.sparsities]
+    arms = [a.name for a in g.arms if a.method not in ("dense",)]
+    body = []
+    for arm in arms:
+        ps = [st.paired(st.gaps(rows, g, arm, s, e), {k: 0.0 for k in g.seeds}, len(g.seeds))
+              for s, e in cols]
+        ps = [p if p.verdict.startswith("pending") else p._replace(verdict="") for p in ps]
+        body.append([f"gap {arm}", *(_ci(p) for p in ps)])
+    comps = st.claim_b(rows, g)
+    for base in spec.BASELINES.values():
+        by = {(c.cell[1], c.cell[2]): c.result for c in comps if c.comparator == base}
+        body.append([f"gap ggr − gap {base}", *(_ci(by[k]) for k in cols)])
+    return ("Uniform-vs-ERK gap acc(ERK) − acc(uniform) per seed (pp), mean [95 % CI]:\n\n"
+            + st.md_table(["", *(_col(g, s, e) for s, e in cols)], body))
+
+
+def _layer_table(rows: list[dict], g: spec.Grid, s: float, e: int) -> str:
+    rs = [r for r in _rows_of(rows, g) if float(r["sparsity"]) == s and int(r["epochs"]) == e]
+    if not rs:
+        return ""
+    size = json.loads(rs[0]["layer_size"])
+    body = [["size", "–", *(str(v) for v in size.values())]]
+    for arm in (a.name for a in g.arms):
+        for i in g.inits:
+            sel = [json.loads(r["layer_active"]) for r in rs if (r["arm"], r["init"]) == (arm, i)]
+            if sel:
+                body.append([arm, i, *(f"{np.mean([a[k] for a in sel]):.0f}" for k in size)])
+    return (f"Final active weights per layer at {_col(g, s, e)} (mean over seeds):\n\n"
+            + st.md_table(["arm", "init", *size], body))
+
+
+def _flops_table(rows: list[dict], g: spec.Grid) -> str:
+    cols = [(s, e) for e in g.epochs for s in g.sparsities]
+    body = []
+    for arm in (a.name for a in g.arms if a.method != "dense"):
+        for i in g.inits:
+            vals = []
+            for s, e in cols:
+                rs = [r for r in _rows_of(rows, g) if (r["arm"], r["init"]) == (arm, i)
+                      and float(r["sparsity"]) == s and int(r["epochs"]) == e]
+                inf = np.mean([float(r["flops_ratio"]) for r in rs]) if rs else None
+                tr = np.mean([float(r["training_flops_ratio"]) for r in rs]) if rs else None
+                vals.append("–" if inf is None else f"{inf:.4f} / {tr:.4f}")
+            body.append([arm, i, *vals])
+    return ("FLOPs relative to dense, inference / training (RigL's accounting: dense gradients "
+            "at each update, every step for SNFS; mean over seeds):\n\n"
+            + st.md_table(["arm", "init", *(_col(g, s, e) for s, e in cols)], body))
+
+
+def _grid_section(rows: list[dict], g: spec.Grid, figs: str) -> str:
+    parts = [f"## Grid {g.name}: {g.question}", ""]
+    if not _rows_of(rows, g):
+        return "\n".join(parts + ["No runs yet."])
+    parts += [_accuracy_table(rows, g), "", _differences_table(rows, g), ""]
+    if set(g.inits) >= {"uniform", "erk"}:
+        parts += [_gap_table(rows, g), ""]
+    for e in g.epochs:
+        for s in g.sparsities:
+            t = _layer_table(rows, g, s, e)
+            parts += [t, ""] if t else []
+    parts += [_flops_table(rows, g), ""]
+    for title, path in _figures(rows, g, figs):
+        parts += [f"![{title}](results/{os.path.basename(path)})", ""]
+    return "\n".join(parts)
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def _figures(rows: list[dict], g: spec.Grid, figs: str) -> list[tuple[str, str]]:
+    rs = _rows_of(rows, g)
+    s, e = g.sparsities[0], g.epochs[-1]
+    out = []
+    runs = {}
+    for arm in ("ggr", *spec.BASELINES.values()):
+        for i in g.inits:
+            sel = sorted((r for r in rs if (r["arm"], r["init"], int(r["epochs"])) == (arm, i, e)
+                          and float(r["sparsity"]) == s), key=lambda r: int(r["seed"]))
+            if sel:
+                size = json.loads(sel[0]["layer_size"])
+                recs = [{"type": "topology", "step": step,
+                         "density": {k: a / size[k] for k, a in zip(size, act, strict=True)}}
+                        for step, act in json.loads(sel[0]["active_over_time"])]
+                runs[f"{arm}, {i}, {100 * s:g} %, seed {sel[0]['seed']}"] = recs
+    if runs:
+        path = os.path.join(figs, f"{g.name}_density_over_time.png")
+        out.append(("density over time", plots.density_over_time(runs, path)))
+    summary = []
+    accs = st.seeds_by_cell(rows, g)
+    for (arm, (i, sp, ep)), v in sorted(accs.items()):
+        if arm != "dense" and ep == e and v:
+            x = list(v.values())
+            summary.append({"method": arm, "init": i, "sparsity": sp, "mean": np.mean(x),
+                            "std": np.std(x, ddof=1) if len(x) > 1 else 0.0})
+    if summary:
+        path = os.path.join(figs, f"{g.name}_accuracy_vs_sparsity.png")
+        out.append(("accuracy vs sparsity", plots.accuracy_vs_sparsity(summary, path)))
+    if any(float(r["sparsity"]) == s and r["method"] != "dense" for r in rs):
+        path = os.path.join(figs, f"{g.name}_final_layer_density.png")
+        out.append(("final per-layer density", _final_density(rs, g, s, e, path)))
+    return out
+
+
+def _final_density(rs: list[dict], g: spec.Grid, s: float, e: int, path: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(g.inits), figsize=(5.5 * len(g.inits), 3.8), squeeze=False)
+    for ax, init in zip(axes[0], g.inits, strict=True):
+        sel = [r for r in rs if r["init"] == init and float(r["sparsity"]) == s
+               and int(r["epochs"]) == e]
+        arms = [a.name for a in g.arms if any(r["arm"] == a.name for r in sel)]
+        size = json.loads(sel[0]["layer_size"]) if sel else {}
+        width = 0.8 / max(len(arms), 1)
+        for j, arm in enumerate(arms):
+            act = [json.loads(r["layer_active"]) for r in sel if r["arm"] == arm]
+            ax.bar(np.arange(len(size)) + j * width,
+                   [np.mean([a[k] for a in act]) / size[k] for k in size], width, label=arm)
+        ax.set_xticks(np.arange(len(size)) + 0.4 - width / 2, list(size), rotation=30, fontsize=7)
+        ax.set_yscale("log")
+        ax.set_title(f"{g.name}: final density, {init}, {100 * s:g} %", fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("density (mean over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --- claims, provenance, the report ----------------------------------------------------------
+
+
+def _cells_text(comps: list[st.Comparison]) -> str:
+    return "; ".join(f"{100 * c.cell[1]:g} % {c.cell[0]} vs {c.comparator}: {_ci(c.result, ' pp')}"
+                     for c in comps)
+
+
+def _claim_a(rows: list[dict]) -> str:
+    g = spec.GRIDS["A"]
+    comps = st.compare_arm(rows, g)
+    status, which = st.claim_a(comps)
+    dead = sorted({c.cell for c in comps if c.result.verdict == "untestable"})
+    text = f"**Claim (a), grid A: {status}.** "
+    if status == "holds":
+        low = min(c.result.lo for c in comps if c.result.verdict != "untestable")
+        text += (f"GGR's defaults are at least as good as {' and '.join(spec.BASELINES.values())} "
+                 f"in every cell (lowest lower bound {100 * low:+.2f} pp).")
+    elif status == "does not hold":
+        pend = sum(c.result.verdict.startswith("pending") for c in comps)
+        best = {c.cell: st.best_arm(rows, g, c.cell) for c in comps}
+        text += (f"GGR's defaults are not shown at least as good in {len(which)} of "
+                 f"{len(comps)} comparisons: {_cells_text(which)}."
+                 + (f" ({pend} comparisons still pending.)" if pend else "")
+                 + " Best method per cell (highest mean test accuracy): "
+                 + "; ".join(f"{100 * c[1]:g} % {c[0]}: {b}" for c, b in best.items()) + ".")
+    else:
+        text += f"{len(which)} of {len(comps)} comparisons lack seeds."
+    if dead:
+        text += f" Untestable cells: {', '.join(f'{100 * s:g} % {i}' for i, s, _ in dead)}."
+    return text
+
+
+def _claim_b(rows: list[dict]) -> str:
+    comps = st.claim_b(rows, spec.GRIDS["A"])
+    status, which = st.claim_b_status(comps)
+    text = f"**Claim (b), grid A: {status}.** gap(GGR) − gap(comparator) per sparsity: "
+    text += "; ".join(f"{100 * c.cell[1]:g} % vs {c.comparator}: {_ci(c.result, ' pp')}"
+                      for c in comps) + "."
+    if status == "does not hold":
+        text += (" GGR's gap is not shown to be no larger in: "
+                 + ", ".join(f"{100 * c.cell[1]:g} % vs {c.comparator}" for c in which) + ".")
+    return text
+
+
+def _provenance(rows: list[dict]) -> str:
+    lines = ["## Provenance", "", "Commits that made the runs (runs.csv's `commit` column):", ""]
+    for name in (n for n in spec.ORDER if n in spec.GRIDS):
+        commits = sorted({r["commit"] for r in rows if r["grid"] == name})
+        if not commits:
+            continue
+        warn = []
+        if any(c.endswith("+dirty") for c in commits):
+            warn.append("**warning: runs from a working tree with uncommitted changes**")
+        if len(commits) > 1:
+            warn.append("**warning: the grid's runs come from different commits**")
+        lines.append(f"- {name}: {', '.join(f'`{c}`' for c in commits)}"
+                     + (" — " + "; ".join(warn) if warn else ""))
+    lines += ["", "Rebuild everything (resumable; a run already in runs.csv is never redone):",
+              "", "```", *COMMANDS, "```"]
+    return "\n".join(lines)
+
+
+def _since_v1() -> str:
+    v1 = study_runs.read_rows(V1_CSV)
+    return (
+        "## What changed since v1\n\n"
+        "v1 trained 5 epochs (LeNet-5: 1), had no validation split (GGR's defaults were chosen "
+        "on the test set), judged claim (a) against the best baseline picked after seeing the "
+        "numbers and claim (b) without SNFS, and counted cells at chance. v2 holds out a "
+        "validation split for every choice, pre-registers the comparators per claim, pairs by "
+        "seed with t-intervals and a minimum effect, marks chance-level cells untestable, and "
+        "trains 10-60 epochs. v1's raw rows "
+        f"({len(v1)} runs) are kept in [results/v1_runs.csv](results/v1_runs.csv)."
+    )
+
+
+def write_report(rows: list[dict], out: str) -> str:
+    """Writes ``<out>/results.md`` and its figures under ``<out>/results/``; returns the md path."""
+    figs = os.path.join(out, "results")
+    os.makedirs(figs, exist_ok=True)
+    finals = [g for n, g in spec.GRIDS.items() if g.split == "test"]
+    text = [
+        "# Study v2: GGR vs RigL and SNFS on Fashion-MNIST",
+        "",
+        "Generated by `python -m experiments.study report` from `docs/results/runs.csv` (one row "
+        "per run, with its commit, config overrides and seed) and `experiments/configs/study.py`. "
+        "Selection numbers are on the validation split, final tables on the test split.",
+        "",
+        _preregistration(),
+        "",
+        _setup(rows),
+        "",
+        "## Verdicts",
+        "",
+        "- " + _claim_a(rows),
+        "- " + _claim_b(rows),
+        "",
+        "## Selection (validation split only)",
+        "",
+        selection_tables(rows),
+        "",
+        *(_grid_section(rows, g, figs) + "\n" for g in finals),
+        _provenance(rows),
+        "",
+        _since_v1(),
+    ]
+    path = os.path.join(out, "results.md")
+    with open(path, "w") as f:
+        f.write("\n".join(text) + "\n")
+    return path
