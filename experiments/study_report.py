@@ -205,7 +205,10 @@ def _grid_section(rows: list[dict], g: spec.Grid, figs: str) -> str:
     parts = [f"## Grid {g.name}: {g.question}", ""]
     if not _rows_of(rows, g):
         return "\n".join(parts + ["No runs yet."])
-    parts += [_accuracy_table(rows, g), "", _differences_table(rows, g), ""]
+    best = [(c, st.best_arm(rows, g, c)) for c in st.grid_cells(g)]
+    best = "; ".join(f"{_col(g, s, e)} {i}: {b}" for (i, s, e), b in best if b)
+    parts += [_accuracy_table(rows, g), "", f"Highest mean per cell (context, not a verdict): "
+              f"{best}.", "", _differences_table(rows, g), ""]
     if set(g.inits) >= {"uniform", "erk"}:
         parts += [_gap_table(rows, g), ""]
     for e in g.epochs:
@@ -226,8 +229,8 @@ def _figures(rows: list[dict], g: spec.Grid, figs: str) -> list[tuple[str, str]]
     s, e = g.sparsities[0], g.epochs[-1]
     out = []
     runs = {}
-    for arm in ("ggr", *spec.BASELINES.values()):
-        for i in g.inits:
+    for i in g.inits:
+        for arm in ("ggr", *spec.BASELINES.values()):
             sel = sorted((r for r in rs if (r["arm"], r["init"], int(r["epochs"])) == (arm, i, e)
                           and float(r["sparsity"]) == s), key=lambda r: int(r["seed"]))
             if sel:
@@ -318,6 +321,8 @@ def _claim_b(rows: list[dict]) -> str:
     comps = st.claim_b(rows, spec.GRIDS["A"])
     status, which = st.claim_b_status(comps)
     text = f"**Claim (b), grid A: {status}.** gap(GGR) − gap(comparator) per sparsity: "
+    if all(c.result.n == 0 for c in comps):
+        return text + "no paired seeds yet."
     text += "; ".join(f"{100 * c.cell[1]:g} % vs {c.comparator}: {_ci(c.result, ' pp')}"
                       for c in comps) + "."
     if status == "does not hold":
@@ -339,6 +344,9 @@ def _provenance(rows: list[dict]) -> str:
             warn.append("**warning: the grid's runs come from different commits**")
         lines.append(f"- {name}: {', '.join(f'`{c}`' for c in commits)}"
                      + (" — " + "; ".join(warn) if warn else ""))
+    head = study_runs.git_commit()
+    lines += ["", f"This report was built at `{head}`; rows from another commit are from older "
+              "code (rerun them, or read their tables as from that commit)."]
     lines += ["", "Rebuild everything (resumable; a run already in runs.csv is never redone):",
               "", "```", *COMMANDS, "```"]
     return "\n".join(lines)
@@ -346,6 +354,7 @@ def _provenance(rows: list[dict]) -> str:
 
 def _since_v1() -> str:
     v1 = study_runs.read_rows(V1_CSV)
+    epochs = [e for g in spec.GRIDS.values() if g.split == "test" for e in g.epochs]
     return (
         "## What changed since v1\n\n"
         "v1 trained 5 epochs (LeNet-5: 1), had no validation split (GGR's defaults were chosen "
@@ -353,7 +362,7 @@ def _since_v1() -> str:
         "numbers and claim (b) without SNFS, and counted cells at chance. v2 holds out a "
         "validation split for every choice, pre-registers the comparators per claim, pairs by "
         "seed with t-intervals and a minimum effect, marks chance-level cells untestable, and "
-        "trains 10-60 epochs. v1's raw rows "
+        f"trains {min(epochs)}-{max(epochs)} epochs. v1's raw rows "
         f"({len(v1)} runs) are kept in [results/v1_runs.csv](results/v1_runs.csv)."
     )
 

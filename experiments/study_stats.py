@@ -262,36 +262,32 @@ def _selection_table(rows: list[dict], grid: spec.Grid) -> str:
     accs = seeds_by_cell(rows, grid)
     sel = rank_selection(rows, grid)
     cells = [(i, s, e) for e in grid.epochs for s in grid.sparsities for i in grid.inits]
-    head = ["rank", "arm", *(f"{100 * s:g} % {i}" for i, s, _ in cells), "mean"]
+    head = ["rank", "arm", *(f"{100 * s:g} % {i}" for i, s, _ in cells), "runs", "mean"]
     body = []
     ranked = [*sel.means, *(a.name for a in grid.arms if a.name not in sel.means)]
     for k, arm in enumerate(ranked, 1):
-        vals = []
-        for c in cells:
-            v = accs.get((arm, c), {})
-            vals.append(f"{pct(np.mean(list(v.values())))} ({len(v)})" if v else "–")
+        vals = [accs.get((arm, c), {}) for c in cells]
+        runs = sum(len(v) for v in vals)
+        vals = [f"{pct(np.mean(list(v.values())))} ({len(v)})" if v else "–" for v in vals]
         mean = pct(sel.means[arm]) if arm in sel.means else "–"
         name = f"**{arm}**" if arm == sel.winner else arm
-        body.append([str(k) if arm in sel.means else "–", name, *vals, mean])
-    missing = [a.name for a in grid.arms if a.name not in sel.means]
-    complete = sel.n_runs == sel.expected and not missing
-    status = (
-        "winner"
-        if complete
-        else (
-            f"provisional winner ({sel.n_runs}/{sel.expected} runs shared by every arm"
-            + (f"; no runs yet: {len(missing)} arm(s)" if missing else "")
-            + ")"
+        rank = str(k) if arm in sel.means else "–"
+        body.append([rank, name, *vals, f"{runs}/{sel.expected}", mean])
+    complete = sel.n_runs == sel.expected and len(sel.means) == len(grid.arms)
+    status = "Winner"
+    if not complete:
+        status = (
+            f"Provisional winner (each mean over the {sel.n_runs} of {sel.expected} runs that "
+            f"every arm with runs has; {len(grid.arms) - len(sel.means)} arm(s) without runs)"
         )
-    )
     return "\n".join(
         [
             f"**{grid.name}** ({grid.question}) — validation accuracy %, mean over seeds (n seeds) "
-            f"per cell; `mean` over the (init, sparsity, seed) runs every arm has.",
+            "per cell; `mean` over the (init, sparsity, seed) runs that every arm has.",
             "",
             md_table(head, body),
             "",
-            f"{status.capitalize()} by the selection rule: **{sel.winner or 'none yet'}**.",
+            f"{status} by the selection rule: **{sel.winner or 'none yet'}**.",
         ]
     )
 
