@@ -72,7 +72,7 @@ def seeds_by_cell(rows: list[dict], grid: spec.Grid) -> dict[tuple[str, Cell], d
     col = accuracy_column(grid)
     out: dict = {}
     for r in rows:
-        if r["grid"] == grid.name and r[col] != "":
+        if r["grid"] == grid.name and r[col] != "" and int(r["seed"]) in grid.seeds:
             cell = (r["init"], float(r["sparsity"]), int(r["epochs"]))
             out.setdefault((r["arm"], cell), {})[int(r["seed"])] = float(r[col])
     return out
@@ -168,7 +168,9 @@ def claim_a(comparisons: list[Comparison]) -> tuple[str, list[Comparison]]:
     pending = [c for c in judged if c.result.verdict.startswith("pending")]
     if failing:
         return "does not hold", failing
-    if pending or not judged:
+    if not judged:
+        return "untestable", []
+    if pending:
         return "pending", pending
     return "holds", []
 
@@ -205,7 +207,9 @@ def claim_b_status(comparisons: list[Comparison]) -> tuple[str, list[Comparison]
     failing = [c for c in judged if c not in pending and not c.result.hi < spec.MIN_EFFECT]
     if failing:
         return "does not hold", failing
-    if pending or not judged:
+    if not judged:
+        return "untestable", []
+    if pending:
         return "pending", pending
     return "holds", []
 

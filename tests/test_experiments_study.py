@@ -131,6 +131,10 @@ def test_claims_on_grid_a():
     partial = _grid_rows("A", _a_acc(0.0), seeds={0, 1})
     status, pend = st.claim_a(st.compare_arm(partial, a))
     assert status == "pending" and pend[0].result.verdict == "pending (2/5 seeds)"
+    # every cell at chance: untestable, neither for nor against
+    dead = _grid_rows("A", lambda arm, *_: 0.1 if arm != "dense" else 0.9)
+    assert st.claim_a(st.compare_arm(dead, a)) == ("untestable", [])
+    assert st.claim_b_status(st.claim_b(dead, a)) == ("untestable", [])
 
 
 def _stage2_rows(means):
@@ -218,6 +222,8 @@ def test_write_report(tmp_path):
     pngs = sorted(p.name for p in (tmp_path / "results").iterdir())
     assert "A_density_over_time.png" in pngs and "A_final_layer_density.png" in pngs
     assert all((tmp_path / "results" / p).stat().st_size > 1000 for p in pngs)
+    empty = open(study_report.write_report([], str(tmp_path / "empty"))).read()
+    assert "Claim (a), grid A: pending" in empty and "No selection runs" in empty
 
 
 # --- the grid runner -----------------------------------------------------------------------
