@@ -104,9 +104,14 @@ def _setup(rows: list[dict]) -> str:
                 f"wd {c.weight_decay}", str(c.delta_t), str(c.drop_fraction),
                 str(c.end_fraction), f"{c.validation_size} (seed {c.validation_seed})",
                 _distinct(rs, "n_updates", ".0f"), _distinct(rs, "lr_at_last_update", ".2g")])
+    c = _config(spec.GRIDS["A"])
+    ggr = ", ".join(f"{k.removeprefix('ggr_')} {c[k]}" for k in c if k.startswith("ggr_"))
     return "## Setup\n\n" + st.md_table(head, body) + (
         "\n\nThe same config, seeds, data order and budget for every method of a grid; "
-        "the last two columns are read from the runs (sparse methods; '–': no runs yet).")
+        "the last two columns are read from the runs (sparse methods; '–': no runs yet). "
+        f"Arm `ggr` runs the config's GGR fields (at the commit of this report: {ggr}, "
+        f"EMA decay {c.signal_decay}); the other GGR arms override them as listed in "
+        "runs.csv's `overrides` column.")
 
 
 # --- final grids ------------------------------------------------------------------------------
@@ -128,8 +133,8 @@ def _accuracy_table(rows: list[dict], g: spec.Grid) -> str:
     body = []
     for arm in g.arms:
         if arm.method == "dense":
-            body.append(["dense", "–", *(cell(accs.get(("dense", ("-", 0.0, e)))) for _, e in cols
-                                          )])
+            dense = [cell(accs.get(("dense", ("-", 0.0, e)))) for _, e in cols]
+            body.append(["dense", "–", *dense])
             continue
         for i in g.inits:
             name = f"**{arm.name}**" if arm.name == "ggr" else arm.name
@@ -156,9 +161,7 @@ def _gap_table(rows: list[dict], g: spec.Grid) -> str:
     arms = [a.name for a in g.arms if a.method not in ("dense",)]
     body = []
     for arm in arms:
-        ps = [st.paired(st.gaps(rows, g, arm, s, e), {k: 0.0 for k in g.seeds}, len(g.seeds))
-              for s, e in cols]
-        ps = [p if p.verdict.startswith("pending") else p._replace(verdict="") for p in ps]
+        ps = [st.gap_interval(rows, g, arm, s, e) for s, e in cols]
         body.append([f"gap {arm}", *(_ci(p) for p in ps)])
     comps = st.claim_b(rows, g)
     for base in spec.BASELINES.values():

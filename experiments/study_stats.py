@@ -185,6 +185,16 @@ def gaps(
     return {s: erk[s] - uni[s] for s in sorted(set(erk) & set(uni))}
 
 
+def gap_interval(
+    rows: list[dict], grid: spec.Grid, arm: str, sparsity: float, epochs: int
+) -> Paired:
+    """The mean gap of one arm with its t-interval; verdict '' or 'pending (k/N seeds)'."""
+    g = gaps(rows, grid, arm, sparsity, epochs)
+    mean, lo, hi = t_interval(g.values())
+    pending = f"pending ({len(g)}/{len(grid.seeds)} seeds)" if len(g) < len(grid.seeds) else ""
+    return Paired(len(g), mean, lo, hi, pending)
+
+
 def claim_b(rows: list[dict], grid: spec.Grid, arm: str = "ggr") -> list[Comparison]:
     """gap(arm) − gap(comparator) per (sparsity, epochs); the Comparison's cell has init 'gap'."""
     accs = seeds_by_cell(rows, grid)
