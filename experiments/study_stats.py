@@ -251,7 +251,9 @@ def selection_winner_of(
     contain another arm's and its mean is not higher than that arm's by at least ``margin``."""
 
     def ok(a):
-        return all(not (options[b] < options[a]) or means[a] >= means[b] + margin for b in means)
+        return all(
+            not (options[b] < options[a]) or means[a] - means[b] >= margin - 1e-12 for b in means
+        )
 
     eligible = [a for a in means if ok(a)]
     return max(eligible, key=means.get) if eligible else None

@@ -5,6 +5,7 @@ import json
 import math
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import study_report, study_runs
@@ -79,9 +80,9 @@ def test_verdicts_by_hand(diffs, expected):
     a = {s: 0.8 + d for s, d in enumerate(diffs)}
     b = {s: 0.8 for s in range(len(diffs))}
     p = st.paired(a, b, need=3)
-    half = T_975[2] * st.np.std(diffs, ddof=1) / math.sqrt(3)
+    half = T_975[2] * np.std(diffs, ddof=1) / math.sqrt(3)
     assert (p.mean, p.lo, p.hi) == pytest.approx(
-        (st.np.mean(diffs), st.np.mean(diffs) - half, st.np.mean(diffs) + half)
+        (np.mean(diffs), np.mean(diffs) - half, np.mean(diffs) + half)
     )
     assert p.verdict == expected
 
@@ -164,6 +165,9 @@ def test_selection_superset_margin_rule():
     # floor (a superset of the winner's options) is 0.05 pp better: not enough, base stays
     rows, grid, names = _stage2_rows([0.85, 0.8505, 0.84, 0.84])
     assert st.rank_selection(rows, grid).winner == names[0]
+    # exactly 0.1 pp better ("at least"): floor replaces it
+    rows, grid, names = _stage2_rows([0.85, 0.851, 0.84, 0.84])
+    assert st.rank_selection(rows, grid).winner == names[1]
     # 0.2 pp better: floor replaces it
     rows, grid, names = _stage2_rows([0.85, 0.852, 0.84, 0.84])
     assert st.rank_selection(rows, grid).winner == names[1]
@@ -188,6 +192,8 @@ def test_selection_tables_and_winner():
     assert study_report.selection_winner(partial, partial=True) == best
     assert "Provisional winner" in study_report.selection_tables(partial)
     assert "No selection runs" in study_report.selection_tables([])
+    stage2, _, _ = _stage2_rows([0.85, 0.85, 0.85, 0.85])
+    assert "select2**: rows in runs.csv but no such grid" in study_report.selection_tables(stage2)
 
 
 def test_write_report(tmp_path):
