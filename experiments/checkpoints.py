@@ -99,6 +99,17 @@ class Checkpoints:
                 f"could not write checkpoint step {step} to {self.directory} ({reason}); {kept}"
             ) from None
 
+    def latest_meta(self) -> dict | None:
+        """The latest checkpoint's metadata; None if there is none or it is unreadable (then
+        :meth:`restore` gives the full error)."""
+        step = self.latest_step()
+        if step is None:
+            return None
+        try:
+            return self.read_meta(step)
+        except CheckpointError:
+            return None
+
     def read_meta(self, step: int) -> dict:
         """The metadata of checkpoint ``step`` (settings, step, checksums), without its arrays."""
         try:

@@ -4,6 +4,7 @@ comparison. Run ``python -m experiments.train --help`` for the command line (exp
 """
 
 import collections
+import contextlib
 import functools
 import json
 import os
@@ -73,11 +74,15 @@ def _check_resumable(meta: dict, config) -> None:
         )
 
 
-def _refuse_resume_without_checkpoint(workdir: str, metrics_path: str) -> None:
-    """--resume that finds no checkpoint starts afresh only if nothing past step 0 was recorded."""
+def _refuse_resume_without_checkpoint(
+    workdir: str, metrics_path: str, first_checkpoint: int
+) -> None:
+    """--resume that finds no checkpoint starts afresh only if the metrics end where the first
+    checkpoint was still to come (a restart writes exactly those records again); metrics past it
+    mean the checkpoints were removed: nothing may then be overwritten."""
     recorded = metrics.read(metrics_path) if os.path.exists(metrics_path) else []
     last = max((r.get("step", 0) for r in recorded), default=0)
-    if last > 0 or os.path.exists(os.path.join(workdir, "results.json")):
+    if last > first_checkpoint or os.path.exists(os.path.join(workdir, "results.json")):
         raise UserError(
             f"--resume: {workdir} holds metrics up to step {last} but no checkpoint to continue "
             "from; nothing was changed. Start a new --workdir (this one is left as it is)"
@@ -134,6 +139,13 @@ def train_and_evaluate(
             f"workdir {workdir} already holds a run; pass --resume to continue it or "
             "choose another --workdir"
         )
+    if resume and os.path.isdir(ckpt_dir):
+        # Before loading data or building the state: a changed setting is named at once (the
+        # arrays are restored, and verified, further down).
+        with contextlib.closing(checkpoints.Checkpoints(ckpt_dir, config.keep_checkpoints)) as c:
+            meta = c.latest_meta()
+        if meta is not None:
+            _check_resumable(meta, config)
     ds = dataset if dataset is not None else data.load_dataset(config)
     model = models.create_model(config.model, ds.num_classes, config.hidden)
     steps_per_epoch = ds.train_images.shape[0] // config.batch_size
@@ -168,7 +180,12 @@ def train_and_evaluate(
             if finished is not None:  # nothing to do: leave every file of the run as it is
                 return finished
         elif resume:
-            _refuse_resume_without_checkpoint(workdir, metrics_path)
+            first = next(
+                s
+                for s in range(1, run_steps + 1)
+                if _checkpoint_due(config, s, steps_per_epoch, run_steps)
+            )
+            _refuse_resume_without_checkpoint(workdir, metrics_path, first)
         start = int(state.step)
         # On resume, keep the records up to the restored step (none when no checkpoint existed).
         log = metrics.MetricsLog(metrics_path, resume_step=(start or -1) if resume else None)
