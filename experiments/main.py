@@ -87,6 +87,11 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None, help="output folder (default runs/<config>/<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files (<method>/tensorboard/) from metrics.jsonl",
+    )
     p.add_argument("--show-config", action="store_true", help="print the config and exit")
     return p
 
@@ -168,6 +173,10 @@ def _train(argv: list[str]) -> int:
     results = train.train_methods(
         config, workdir, resume=args.resume, progress=not args.no_progress
     )
+    if args.tensorboard:
+        from experiments import tensorboard
+
+        tensorboard.export_workdir(workdir)
     print()
     print(report.results_table(results))
     print()
