@@ -50,11 +50,23 @@ def key(row: dict) -> tuple:
 
 
 def read_rows(path: str) -> list[dict]:
-    """The rows of runs.csv (strings, as written); [] when it does not exist."""
+    """The rows of runs.csv (strings, as written); [] when it does not exist. A last row cut
+    short by a killed writer is left out."""
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return [r for r in csv.DictReader(f) if None not in r.values()]
+
+
+def _drop_torn_line(path: str) -> None:
+    """Cuts a last line that a killed writer left without its newline (appending would glue the
+    next row to it)."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def run_name(cell: dict) -> str:
@@ -150,7 +162,8 @@ def run_grid(grid: spec.Grid, workdir: str, csv_path: str, workers: int = 2,
         return 0
     commit = git_commit()
     os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
-    new_file = not os.path.exists(csv_path)
+    _drop_torn_line(csv_path)
+    new_file = not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0
     failures = []
     start = time.time()
     with open(csv_path, "a", newline="") as f, concurrent.futures.ThreadPoolExecutor(
@@ -159,6 +172,7 @@ def run_grid(grid: spec.Grid, workdir: str, csv_path: str, workers: int = 2,
         writer = csv.DictWriter(f, COLUMNS)
         if new_file:
             writer.writeheader()
+            f.flush()
         futures = [pool.submit(_run, grid, c, workdir, commit) for c in todo]
         for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):
             out = fut.result()

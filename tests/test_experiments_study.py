@@ -294,3 +294,10 @@ def test_run_grid_resumes(tmp_path):
     )
     assert study_runs.run_grid(grid, str(tmp_path / "work"), csv_path) == 0
     assert len(study_runs.read_rows(csv_path)) == 2
+    # a writer killed mid-row leaves a torn last line: it is not a row, and the next append
+    # starts on a line of its own
+    with open(csv_path, "a") as f:
+        f.write("tiny,rigl,rigl,unif")
+    assert len(study_runs.read_rows(csv_path)) == 2
+    study_runs._drop_torn_line(csv_path)
+    assert open(csv_path).read().endswith("\n") and len(study_runs.read_rows(csv_path)) == 2
