@@ -8,11 +8,16 @@ size of the sparsified leaves only (leaves the spec marks dense do not count in 
 With a concrete ``sparsity`` (a Python float, as at init) the solve runs in float64 NumPy and the
 counts are exact for any layer size. With a traced ``sparsity`` the same code runs in float32
 ``jax.numpy`` under ``jit``; counts are then exact for layers below about 2**22 elements.
+
+``sparsity`` must be a scalar (an array raises). With a concrete ``sparsity``, a sparsified leaf
+left with no active weight at all (a very high sparsity, many small layers) gives a
+``UserWarning`` naming it; under ``jit`` nothing can warn.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +27,7 @@ import numpy as np
 from ggr_jax._apportion import largest_remainder
 from ggr_jax._tree import (
     PyTree,
+    check_scalar,
     check_spec,
     check_unit_interval,
     is_concrete,
@@ -51,28 +57,43 @@ def _solve(
     forced_dense: list[bool] | None = None,
 ) -> PyTree:
     """Solves eps so that sum_l min(1, eps * raw_l) * N_l == round((1 - S) * N), exactly."""
+    check_scalar(sparsity, name="sparsity")
     check_unit_interval(sparsity, name="sparsity", closed_right=False)
     paths, leaves, treedef, layers = _layers(params, spec)
     xp = _xp(sparsity)
     ftype = np.float64 if xp is np else jnp.float32
     shapes = [tuple(np.shape(leaves[i])) for i in layers]
     sizes = xp.asarray([int(np.prod(s, dtype=np.int64)) for s in shapes], dtype=ftype)
-    raw = xp.asarray([raw_fn(s) for s in shapes], dtype=ftype)
+    # An empty leaf (only under an explicit spec) takes no budget and has density 1.
+    raw = xp.asarray([raw_fn(s) if 0 not in s else 0.0 for s in shapes], dtype=ftype)
     s = xp.clip(xp.asarray(sparsity, dtype=ftype), 0.0, 1.0)
     target = xp.round((1.0 - s) * xp.sum(sizes))
-    dense = xp.asarray(forced_dense if forced_dense is not None else [False] * len(layers))
-    if xp is np and forced_dense is not None and sizes[dense].sum() > target:
+    forced = xp.asarray(forced_dense if forced_dense is not None else [False] * len(layers))
+    dense = forced
+    forced_total = xp.sum(xp.where(forced, sizes, 0.0))
+    if xp is np and forced_total > target:
         raise ValueError(
             f"sparsity {float(sparsity)} leaves {int(target)} active weights, fewer than the "
-            f"{int(sizes[dense].sum())} of the layers kept dense"
+            f"{int(forced_total)} of the layers kept dense"
         )
+    # Under jit an infeasible dense_first cannot raise: the layers kept dense then share the whole
+    # budget (the total stays exact) and every other layer gets 0.
+    share = xp.minimum(1.0, target / xp.maximum(forced_total, 1.0))
     for _ in range(len(layers) + 1):  # each round makes >= 1 more layer dense, or nothing changes
         budget = target - xp.sum(xp.where(dense, sizes, 0.0))
         eps = xp.maximum(budget, 0.0) / xp.maximum(xp.sum(xp.where(dense, 0.0, raw * sizes)), 1e-30)
         dense = dense | (eps * raw > 1.0)
-    density = xp.where(dense, 1.0, eps * raw)
+    density = xp.where(forced, share, xp.where(dense, 1.0, eps * raw))
     counts = largest_remainder(density * sizes, target, xp)
-    out = counts.astype(ftype) / sizes
+    out = xp.where(sizes > 0, counts.astype(ftype) / xp.maximum(sizes, 1.0), 1.0)
+    if xp is np and target > 0 and np.any((counts == 0) & (sizes > 0)):
+        empty = [paths[layers[j]] for j in np.flatnonzero((counts == 0) & (sizes > 0))]
+        warnings.warn(
+            f"at sparsity {float(sparsity)} ({int(target)} active weights in all) the sparsified "
+            f"leaves {empty} get no active weights: they cut the network. Lower the sparsity, "
+            "or give them a density with custom_densities",
+            stacklevel=3,
+        )
     return unflatten_at(treedef, len(leaves), layers, [out[j] for j in range(len(layers))])
 
 
@@ -86,7 +107,10 @@ def uniform_densities(
       sparsity: target sparsity in [0, 1) over the sparsified leaves.
       spec: static spec from :func:`sparsifiable` (default: ``sparsifiable(params)``).
       dense_first: keep the first sparsified leaf (in tree order) dense, as RigL does; the other
-        layers then share the remaining budget uniformly so the total is still exact.
+        layers then share the remaining budget uniformly so the total is still exact. A concrete
+        ``sparsity`` whose budget is smaller than that leaf raises ``ValueError``; a traced one
+        (under ``jit``, where nothing can raise) gives that leaf the whole budget and the others
+        0, so the total stays ``round((1 - sparsity) * N)``.
 
     Returns:
       Pytree of densities (``None`` for dense leaves).
@@ -138,7 +162,8 @@ def erk_densities(
       params: pytree of arrays.
       sparsity: target sparsity in [0, 1).
       spec: static spec from :func:`sparsifiable`.
-      power_scale: exponent on the raw ERK score (1.0 is ERK, 0.0 is uniform).
+      power_scale: exponent on the raw ERK score (1.0 is ERK, 0.0 is uniform); a finite Python
+        number.
 
     Returns:
       Pytree of densities (``None`` for dense leaves).
@@ -152,6 +177,8 @@ def erk_densities(
       >>> round(sum(float(d[k]) * p[k].size for k in p)) == round(0.05 * (784*300 + 300*100 + 1000))
       True
     """
+    if not is_concrete(power_scale) or not np.isfinite(power_scale) or np.ndim(power_scale):
+        raise ValueError(f"power_scale must be a finite Python number, got {power_scale!r}")
     return _solve(
         params, sparsity, spec, lambda s: (sum(s) / np.prod(s, dtype=np.float64)) ** power_scale
     )

@@ -91,14 +91,17 @@ def active_counts(masks: PyTree) -> PyTree:
 
 
 def mask_densities(masks: PyTree) -> PyTree:
-    """Per-leaf density of each mask (float32 scalars; ``None`` for dense leaves).
+    """Per-leaf density of each mask (float32 scalars; ``None`` for dense leaves; 1 for an empty
+    mask, which has nothing inactive).
 
     Example:
       >>> import jax.numpy as jnp, ggr_jax as gj
       >>> float(gj.mask_densities({"w": jnp.array([True, False])})["w"])
       0.5
     """
-    return map_sparse(lambda m: jnp.mean(m, dtype=jnp.float32), masks)
+    return map_sparse(
+        lambda m: jnp.mean(m, dtype=jnp.float32) if m.size else jnp.ones((), jnp.float32), masks
+    )
 
 
 def global_density(masks: PyTree) -> jax.Array:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 from optax import tree_utils as otu
 
-from ggr_jax._tree import PyTree, map_sparse
+from ggr_jax._tree import PyTree, leaves_with_paths, map_sparse
 
 
 def reset_optimizer_state(
@@ -35,6 +35,11 @@ def reset_optimizer_state(
     Returns:
       The optimizer state with the same structure and dtypes.
 
+    Raises:
+      ValueError: (at trace time) when ``masks`` and ``new_masks`` differ in structure or a leaf's
+        shape, a mask leaf is not bool, or a mask's shape differs from the params-shaped state it
+        resets.
+
     Example:
       >>> import jax.numpy as jnp, optax, ggr_jax as gj
       >>> tx = optax.adam(1e-3)
@@ -45,11 +50,18 @@ def reset_optimizer_state(
       >>> new[0].mu["w"]
       Array([0.1, 0. , 0. ], dtype=float32)
     """
+    _check_mask_pair(masks, new_masks)
     keep = map_sparse(lambda a, b: a & b, masks, new_masks)
 
     def reset(x: Any, k: Any) -> Any:
-        if k is None or getattr(x, "shape", None) != k.shape:
-            return x
+        shape = getattr(x, "shape", None)
+        if k is None or shape is None or len(shape) != k.ndim:
+            return x  # not per-weight state (a count, a factored moment)
+        if tuple(shape) != tuple(k.shape):
+            raise ValueError(
+                f"a mask of shape {tuple(k.shape)} does not match the optimizer state it resets, "
+                f"of shape {tuple(shape)}: the masks must have the params' shapes"
+            )
         return jnp.where(k, x, jnp.zeros((), x.dtype))
 
     ema = otu.tree_get(opt_state, "grad_ema")  # a growth signal, not a moment: kept whole
@@ -63,3 +75,24 @@ def reset_optimizer_state(
             grad_count=jnp.zeros((), jnp.int32),
         )
     return opt_state
+
+
+def _check_mask_pair(masks: PyTree, new_masks: PyTree) -> None:
+    paths, old, old_def = leaves_with_paths(masks)
+    _, new, new_def = leaves_with_paths(new_masks)
+    if old_def != new_def:
+        raise ValueError(f"new_masks tree structure does not match masks: {new_def} vs {old_def}")
+    for path, a, b in zip(paths, old, new, strict=True):
+        if (a is None) != (b is None):
+            raise ValueError(f"mask leaf {path!r} is {a!r} in masks but {b!r} in new_masks")
+        if a is None:
+            continue
+        for name, m in (("masks", a), ("new_masks", b)):
+            dtype = getattr(m, "dtype", None)
+            if dtype is None or jnp.dtype(dtype) != jnp.bool_:
+                raise ValueError(f"{name} leaf {path!r} must be a bool array, got dtype {dtype}")
+        if tuple(a.shape) != tuple(b.shape):
+            raise ValueError(
+                f"mask leaf {path!r} has shape {tuple(a.shape)} in masks, "
+                f"{tuple(b.shape)} in new_masks"
+            )

@@ -66,8 +66,8 @@ def sparsifiable(
 ) -> PyTree:
     """The static spec of which leaves are sparsified: a pytree of Python bools.
 
-    By default every array leaf with ``ndim >= min_ndim`` (dense and conv kernels) is sparsified;
-    biases, norm scales and other vectors stay dense.
+    By default every non-empty array leaf with ``ndim >= min_ndim`` (dense and conv kernels) is
+    sparsified; biases, norm scales, other vectors and zero-size leaves stay dense.
 
     Args:
       params: any pytree of arrays (Flax Linen params, ``nnx.State``, Equinox arrays). ``None``
@@ -91,7 +91,7 @@ def sparsifiable(
         if x is None:
             out.append(None)
             continue
-        ok = np.ndim(x) >= min_ndim
+        ok = np.ndim(x) >= min_ndim and np.size(x) > 0  # an empty leaf has nothing to prune
         if include is not None and not re.search(include, path):
             ok = False
         if exclude is not None and re.search(exclude, path):
@@ -174,6 +174,13 @@ def check_like(params: PyTree, other: PyTree, *, name: str) -> None:
 def is_concrete(x: Any) -> bool:
     """True when ``x`` holds a value now (a Python number or a non-traced array)."""
     return not isinstance(x, jax.core.Tracer)
+
+
+def check_scalar(x: Any, *, name: str) -> None:
+    """Raises ``ValueError`` (at trace time) unless ``x`` is a scalar: a Python number or a
+    0-d array, traced or not."""
+    if np.ndim(x) != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {np.shape(x)}: {x!r}")
 
 
 def check_unit_interval(x: Any, *, name: str, closed_right: bool = True) -> None:
