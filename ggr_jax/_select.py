@@ -165,7 +165,8 @@ def _reduce(x: jax.Array, op: str) -> jax.Array:
     """
     if op == "sum":
         x = x.astype(jnp.int32)
-    first: Callable[..., jax.Array] = {"sum": jnp.sum, "min": jnp.min, "max": jnp.max}[op]
+    reducers: dict[str, Callable[..., jax.Array]] = {"sum": jnp.sum, "min": jnp.min, "max": jnp.max}
+    first = reducers[op]
     if x.ndim == 0:
         return x
     new_shape, axes = _partial_axes(x.shape)
