@@ -120,3 +120,27 @@ def test_resume_without_checkpoints_refuses_and_keeps_the_metrics(stopped_run, t
     line = one_error_line(capsys)
     assert "no checkpoint to continue from" in line and "nothing was changed" in line, line
     assert digest(work) == before
+
+
+def test_tiny_imagenet_offline_fails_at_once(tmp_path, monkeypatch):
+    """Offline, the tiny_imagenet config used to wait ~204 s on TFDS's download retries: now one
+    error before TFDS is asked to download anything."""
+    import socket
+
+    import tensorflow_datasets as tfds
+
+    from experiments import data
+    from experiments.errors import UserError
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    asked = []
+    monkeypatch.setattr(socket, "create_connection", offline)
+    monkeypatch.setattr(tfds, "data_source", lambda *a, **k: asked.append(a) or 1 / 0)
+    config = main.build_config(
+        "tiny_imagenet_vgg16", ["--data_source=tfds", f"--data_dir={tmp_path}"]
+    )
+    with pytest.raises(UserError, match="cannot be reached .*pass --data_dir"):
+        data.load_dataset(config)
+    assert asked == []
