@@ -76,8 +76,10 @@ def compress(params: PyTree, masks: PyTree) -> PyTree:
     check_masks(params, masks)
     paths, m_leaves, treedef = leaves_with_paths(masks)
     p_leaves = leaves_with_paths(params)[1]
-    out = [p if m is None else _compress_leaf(path, m, p)
-           for path, m, p in zip(paths, m_leaves, p_leaves, strict=True)]
+    out = [
+        p if m is None else _compress_leaf(path, m, p)
+        for path, m, p in zip(paths, m_leaves, p_leaves, strict=True)
+    ]
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -87,12 +89,16 @@ def _decompress_leaf(path: str, leaf: dict[str, Any]) -> tuple[jax.Array, jax.Ar
     size = int(np.prod(shape, dtype=np.int64))
     bits = np.asarray(leaf["mask_bits"], dtype=np.uint8)
     if bits.shape != ((size + 7) // 8,):
-        raise ValueError(f"leaf {path!r}: mask_bits has shape {bits.shape}, expected "
-                         f"({(size + 7) // 8},) for shape {shape}")
+        raise ValueError(
+            f"leaf {path!r}: mask_bits has shape {bits.shape}, expected "
+            f"({(size + 7) // 8},) for shape {shape}"
+        )
     mask = np.unpackbits(bits, count=size).astype(bool).reshape(shape)
     if int(mask.sum()) != values.shape[0]:
-        raise ValueError(f"leaf {path!r}: the mask has {int(mask.sum())} active entries but "
-                         f"{values.shape[0]} values are stored")
+        raise ValueError(
+            f"leaf {path!r}: the mask has {int(mask.sum())} active entries but "
+            f"{values.shape[0]} values are stored"
+        )
     dense = np.zeros(shape, values.dtype)
     dense[mask] = values
     return jnp.asarray(dense), jnp.asarray(mask)
@@ -119,7 +125,8 @@ def decompress(compressed: PyTree, *, with_masks: bool = False) -> Any:
       (Array([0, 1, 0], dtype=bfloat16), Array([False,  True, False], dtype=bool))
     """
     flat, treedef = jax.tree_util.tree_flatten_with_path(
-        compressed, is_leaf=lambda x: is_none(x) or is_compressed(x))
+        compressed, is_leaf=lambda x: is_none(x) or is_compressed(x)
+    )
     params, masks = [], []
     for path, leaf in flat:
         if is_compressed(leaf):
@@ -149,8 +156,11 @@ def model_bytes(params: PyTree, masks: PyTree | None = None) -> int:
         return sum(int(np.size(x)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))
     check_masks(params, masks)
     total = 0
-    for m, p in zip(jax.tree.leaves(masks, is_leaf=is_none),
-                    jax.tree.leaves(params, is_leaf=is_none), strict=True):
+    for m, p in zip(
+        jax.tree.leaves(masks, is_leaf=is_none),
+        jax.tree.leaves(params, is_leaf=is_none),
+        strict=True,
+    ):
         if p is None:
             continue
         itemsize = np.dtype(p.dtype).itemsize

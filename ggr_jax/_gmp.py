@@ -37,8 +37,14 @@ from ggr_jax._tree import (
 )
 
 
-def gmp_schedule(final_sparsity: float, *, begin_step: int, end_step: int,
-                 update_every: int = 1, initial_sparsity: float = 0.0) -> Callable[[Any], Any]:
+def gmp_schedule(
+    final_sparsity: float,
+    *,
+    begin_step: int,
+    end_step: int,
+    update_every: int = 1,
+    initial_sparsity: float = 0.0,
+) -> Callable[[Any], Any]:
     """Zhu & Gupta's cubic sparsity schedule, constant between pruning steps.
 
     Args:
@@ -62,10 +68,13 @@ def gmp_schedule(final_sparsity: float, *, begin_step: int, end_step: int,
     check_unit_interval(final_sparsity, name="final_sparsity", closed_right=False)
     check_unit_interval(initial_sparsity, name="initial_sparsity", closed_right=False)
     if not 0 <= begin_step <= end_step or update_every < 1:
-        raise ValueError(f"need 0 <= begin_step <= end_step and update_every >= 1, got begin_step="
-                         f"{begin_step}, end_step={end_step}, update_every={update_every}")
-    cubic = optax.polynomial_schedule(initial_sparsity, final_sparsity, power=3,
-                                      transition_steps=max(end_step - begin_step, 1))
+        raise ValueError(
+            f"need 0 <= begin_step <= end_step and update_every >= 1, got begin_step="
+            f"{begin_step}, end_step={end_step}, update_every={update_every}"
+        )
+    cubic = optax.polynomial_schedule(
+        initial_sparsity, final_sparsity, power=3, transition_steps=max(end_step - begin_step, 1)
+    )
 
     def schedule(step):
         step = jnp.asarray(step, jnp.int32)
@@ -87,13 +96,18 @@ def full_masks(params: PyTree, *, spec: PyTree | None = None) -> PyTree:
     """
     _, leaves, treedef = leaves_with_paths(params)
     sparse = [i for i, f in enumerate(check_spec(params, spec)) if f]
-    return unflatten_at(treedef, len(leaves), sparse,
-                        [jnp.ones(np.shape(leaves[i]), bool) for i in sparse])
+    return unflatten_at(
+        treedef, len(leaves), sparse, [jnp.ones(np.shape(leaves[i]), bool) for i in sparse]
+    )
 
 
-def magnitude_prune(params: PyTree, masks: PyTree, *, sparsity: Any,
-                    allocation: Literal["per_layer", "global"] = "per_layer"
-                    ) -> tuple[PyTree, PyTree, dict[str, Any]]:
+def magnitude_prune(
+    params: PyTree,
+    masks: PyTree,
+    *,
+    sparsity: Any,
+    allocation: Literal["per_layer", "global"] = "per_layer",
+) -> tuple[PyTree, PyTree, dict[str, Any]]:
     """Prunes the smallest-magnitude active weights down to ``sparsity``; masks only shrink.
 
     ``"per_layer"``: each sparsified layer keeps ``round((1 - sparsity) * size)`` of its active
@@ -141,18 +155,25 @@ def magnitude_prune(params: PyTree, masks: PyTree, *, sparsity: Any,
     keys = [(lambda w: order_key(jnp.abs(w)), (w,)) for w in weights]
     if allocation == "per_layer":
         keep = jnp.round(keep_share * sizes).astype(jnp.int32)
-        new_masks, kept = select_per_leaf(keys, masks_in, jnp.minimum(keep, active),
-                                          n_eligible=active)
+        new_masks, kept = select_per_leaf(
+            keys, masks_in, jnp.minimum(keep, active), n_eligible=active
+        )
     else:
         keep = jnp.round(keep_share * jnp.float32(sizes.sum())).astype(jnp.int32)
-        new_masks, kept = select_global(keys, masks_in, jnp.minimum(keep, jnp.sum(active)),
-                                        n_eligible=active)
+        new_masks, kept = select_global(
+            keys, masks_in, jnp.minimum(keep, jnp.sum(active)), n_eligible=active
+        )
     leaves_p, leaves_m = list(w_leaves), list(m_leaves)
     for j, i in enumerate(sparse):
         leaves_m[i] = new_masks[j]
         leaves_p[i] = jnp.where(new_masks[j], weights[j], jnp.zeros((), weights[j].dtype))
     n = len(m_leaves)
-    info = {"active": unflatten_at(treedef, n, sparse, list(kept)),
-            "pruned": unflatten_at(treedef, n, sparse, list(active - kept))}
-    return (jax.tree_util.tree_unflatten(treedef, leaves_p),
-            jax.tree_util.tree_unflatten(treedef, leaves_m), info)
+    info = {
+        "active": unflatten_at(treedef, n, sparse, list(kept)),
+        "pruned": unflatten_at(treedef, n, sparse, list(active - kept)),
+    }
+    return (
+        jax.tree_util.tree_unflatten(treedef, leaves_p),
+        jax.tree_util.tree_unflatten(treedef, leaves_m),
+        info,
+    )

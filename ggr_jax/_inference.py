@@ -6,8 +6,8 @@ Two formats for a kernel ``W`` of shape ``(in, out)`` (Flax's layout, ``y = x @ 
   ``x @ W`` through ``bcoo_dot_general``. Note that ``jax.experimental.sparse`` is
   **experimental**: its API and performance may change between JAX releases.
 * :class:`EllKernel` (:func:`to_ell`): per output unit, the row indices and values of its active
-  weights, padded to the largest count (ELLPACK, by column). ``x @ W`` is one gather of the
-  inputs and one multiply-add over the padded width, written with ``jax.numpy`` only: for an
+  weights, padded to the largest count (ELLPACK, by column). ``x @ W`` is gathers of the inputs
+  and multiply-adds over the padded width, written with ``jax.numpy`` and ``lax.scan``: for an
   unstructured mask the width is the fullest column's count; for N:M masks every column holds
   exactly ``N * in / M`` and there is no padding.
 
@@ -29,9 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 from jax.experimental import sparse as jsparse
 
 from ggr_jax._tree import PyTree, check_masks, leaves_with_paths
+
+_GATHER_ROWS = 4  # ELL matmul: one big gather up to this many rows of x, a scan above
 
 
 class EllKernel(NamedTuple):
@@ -48,8 +51,10 @@ class EllKernel(NamedTuple):
 
 def _check_kernel(kernel: Any, mask: Any) -> None:
     if np.ndim(kernel) != 2 or np.shape(mask) != np.shape(kernel):
-        raise ValueError(f"a sparse kernel must be 2-D (in, out) with a mask of its shape; got "
-                         f"kernel {np.shape(kernel)} and mask {np.shape(mask)}")
+        raise ValueError(
+            f"a sparse kernel must be 2-D (in, out) with a mask of its shape; got "
+            f"kernel {np.shape(kernel)} and mask {np.shape(mask)}"
+        )
 
 
 def to_bcoo(kernel: jax.Array, mask: jax.Array, *, nse: int | None = None) -> jsparse.BCOO:
@@ -124,9 +129,34 @@ def sparse_matmul(x: jax.Array, kernel: Any) -> jax.Array:
       Array([[3., 8.]], dtype=float32)
     """
     if isinstance(kernel, EllKernel):
-        gathered = jnp.take(x, kernel.indices, axis=-1)  # (..., out, width)
-        return jnp.einsum("...ok,ok->...o", gathered, kernel.values.astype(x.dtype))
+        return _ell_matmul(x, kernel)
     return x @ kernel
+
+
+def _ell_matmul(x: jax.Array, kernel: EllKernel) -> jax.Array:
+    """``x @ W`` for an ELL kernel: one gather for a few rows of ``x``, a scan for many.
+
+    For a few rows (at most ``_GATHER_ROWS``) one gather of every input each output needs and a
+    multiply-add is fastest. For more rows that gather would write ``rows * out * width`` floats;
+    instead a scan over the width adds one gathered row of ``x.T`` per output and step (rows of
+    ``x.T`` are contiguous over the batch). Measured on a 2-core CPU, 4096 x 4096 at 98 %:
+    batch 1, gather 0.7 ms vs scan 1.1 ms; batch 128, scan 9-31 ms vs gather 0.7-0.9 s.
+    """
+    values = kernel.values.astype(x.dtype)
+    lead, n_in = x.shape[:-1], x.shape[-1]
+    rows = int(np.prod(lead, dtype=np.int64))
+    if rows <= _GATHER_ROWS:
+        gathered = jnp.take(x, kernel.indices, axis=-1)  # (..., out, width)
+        return jnp.einsum("...ok,ok->...o", gathered, values)
+    xt = x.reshape(rows, n_in).T  # (in, rows)
+
+    def step(acc, column):
+        index, value = column
+        return acc + jnp.take(xt, index, axis=0) * value[:, None], None
+
+    acc = jnp.zeros((kernel.indices.shape[0], rows), x.dtype)
+    acc = lax.scan(step, acc, (kernel.indices.T, values.T), unroll=4)[0]
+    return acc.T.reshape(*lead, kernel.indices.shape[0])
 
 
 def sparsify(params: PyTree, masks: PyTree, *, format: Literal["ell", "bcoo"] = "ell") -> PyTree:
@@ -149,8 +179,10 @@ def sparsify(params: PyTree, masks: PyTree, *, format: Literal["ell", "bcoo"] = 
     convert = to_ell if format == "ell" else to_bcoo
     paths, m_leaves, treedef = leaves_with_paths(masks)
     p_leaves = leaves_with_paths(params)[1]
-    out = [p if m is None or np.ndim(p) != 2 else convert(p, m)
-           for m, p in zip(m_leaves, p_leaves, strict=True)]
+    out = [
+        p if m is None or np.ndim(p) != 2 else convert(p, m)
+        for m, p in zip(m_leaves, p_leaves, strict=True)
+    ]
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -182,6 +214,7 @@ def linen_apply(module: nn.Module, params: PyTree, *args: Any, **kwargs: Any) ->
       >>> bool(jnp.allclose(y, model.apply({"params": params}, x), atol=1e-6))
       True
     """
+
     def interceptor(next_fun, call_args, call_kwargs, context):
         module = context.module
         if isinstance(module, nn.Dense) and context.method_name == "__call__":
@@ -211,8 +244,9 @@ def _value(x: Any) -> Any:
     return x.get_value() if isinstance(x, nnx.Variable) else x
 
 
-def nnx_sparsify(model: nnx.Module, masks: PyTree, *,
-                 format: Literal["ell", "bcoo"] = "ell") -> nnx.Module:
+def nnx_sparsify(
+    model: nnx.Module, masks: PyTree, *, format: Literal["ell", "bcoo"] = "ell"
+) -> nnx.Module:
     """A copy of an NNX model whose ``nnx.Linear`` layers with a mask are :class:`SparseLinear`.
 
     Args:
@@ -246,8 +280,9 @@ def nnx_sparsify(model: nnx.Module, masks: PyTree, *,
     return model
 
 
-def mlp_apply(layers: list[tuple[Any, jax.Array | None]], x: jax.Array, *,
-              activation: Any = jax.nn.relu) -> jax.Array:
+def mlp_apply(
+    layers: list[tuple[Any, jax.Array | None]], x: jax.Array, *, activation: Any = jax.nn.relu
+) -> jax.Array:
     """An MLP forward pass over ``(kernel, bias)`` pairs; kernels dense, ELL or BCOO.
 
     The activation follows every layer but the last.
@@ -264,4 +299,3 @@ def mlp_apply(layers: list[tuple[Any, jax.Array | None]], x: jax.Array, *,
         if i < len(layers) - 1:
             x = activation(x)
     return x
-

@@ -51,14 +51,16 @@ def _group_axis(path: str, shape: tuple[int, ...], m: int, axis: int) -> int:
         raise ValueError(f"N:M needs a kernel of ndim >= 2; leaf {path!r} has shape {shape}")
     a = axis % len(shape)
     if shape[a] % m:
-        raise ValueError(f"N:M with M={m}: axis {axis} of leaf {path!r} has {shape[a]} entries, "
-                         f"not a multiple of {m} (shape {shape})")
+        raise ValueError(
+            f"N:M with M={m}: axis {axis} of leaf {path!r} has {shape[a]} entries, "
+            f"not a multiple of {m} (shape {shape})"
+        )
     return a
 
 
 def _grouped(x: jax.Array, a: int, m: int) -> jax.Array:
     """``x`` reshaped so that axis ``a`` becomes ``(shape[a] // m, m)``; groups are on ``a + 1``."""
-    return x.reshape(x.shape[:a] + (x.shape[a] // m, m) + x.shape[a + 1:])
+    return x.reshape(x.shape[:a] + (x.shape[a] // m, m) + x.shape[a + 1 :])
 
 
 def group_top_k(keys: jax.Array, eligible: jax.Array, k: Any, *, axis: int) -> jax.Array:
@@ -94,8 +96,9 @@ def group_top_k(keys: jax.Array, eligible: jax.Array, k: Any, *, axis: int) -> j
     return eligible & (ahead < jnp.asarray(k, jnp.int32))
 
 
-def nm_random_masks(params: PyTree, *, n: Any, m: int, key: jax.Array,
-                    spec: PyTree | None = None, axis: int = -2) -> PyTree:
+def nm_random_masks(
+    params: PyTree, *, n: Any, m: int, key: jax.Array, spec: PyTree | None = None, axis: int = -2
+) -> PyTree:
     """Random N:M masks: exactly ``n`` active entries in every group of ``m`` along ``axis``.
 
     Args:
@@ -140,6 +143,7 @@ def is_nm(masks: PyTree, *, n: Any, m: int, axis: int = -2) -> PyTree:
       >>> gj.is_nm({"w": jnp.array([[1, 0, 1, 0], [1, 1, 0, 0]], bool).T}, n=1, m=2)
       {'w': Array(False, dtype=bool)}
     """
+
     def one(mask):
         a = _group_axis("mask", tuple(mask.shape), m, axis)
         counts = jnp.sum(_grouped(mask, a, m), axis=a + 1, dtype=jnp.int32)
@@ -159,19 +163,27 @@ def _check_nm_method(method: Any) -> None:
             f"{method.allocate!r}), but under N:M every layer's density is fixed at N/M and each "
             "group regrows what it lost; keep its placement with per-layer allocation, e.g. "
             "Method('ggr_nm', allocate='per_layer', place='mixed', rho=0.5) for GGR or "
-            "Method('snfs_nm', allocate='per_layer', place='momentum') for SNFS")
+            "Method('snfs_nm', allocate='per_layer', place='momentum') for SNFS"
+        )
     if not _is_static(method) and method.place not in ("gradient", "random", "mixed", "momentum"):
         raise ValueError(f"method {method.name!r}: place={method.place!r} cannot regrow under N:M")
     check_unit_interval(method.rho, name="method.rho")
 
 
-def _regrow(method: Any, kept: jax.Array, dropped: jax.Array, signal: jax.Array | None,
-            key: jax.Array, a: int, m: int) -> jax.Array:
+def _regrow(
+    method: Any,
+    kept: jax.Array,
+    dropped: jax.Array,
+    signal: jax.Array | None,
+    key: jax.Array,
+    a: int,
+    m: int,
+) -> jax.Array:
     """In each group (axis ``a + 1`` of the grouped arrays), as many new connections as it lost."""
     g = a + 1
     need = jnp.sum(dropped, axis=g, keepdims=True, dtype=jnp.int32)
     free = ~kept
-    shape = kept.shape[:a] + (kept.shape[a] * kept.shape[g],) + kept.shape[g + 1:]
+    shape = kept.shape[:a] + (kept.shape[a] * kept.shape[g],) + kept.shape[g + 1 :]
 
     def restrict(keys):  # just-pruned positions only as a last resort
         return keys if method.regrow_pruned else jnp.where(dropped, jnp.uint32(0), keys)
@@ -196,18 +208,33 @@ def _finish(treedef, w_leaves, m_leaves, sparse, new_w, new_m, dropped, skipped)
         leaves_p[i], leaves_m[i] = new_w[j], new_m[j]
     n = len(m_leaves)
     active = [count_true(x) for x in new_m]
-    info = {"active": unflatten_at(treedef, n, sparse, active),
-            "dropped": unflatten_at(treedef, n, sparse, list(dropped)),
-            "grown": unflatten_at(treedef, n, sparse, list(dropped)),
-            "moved": jnp.int32(0), "skipped": jnp.asarray(skipped, jnp.bool_)}
-    return (jax.tree_util.tree_unflatten(treedef, leaves_p),
-            jax.tree_util.tree_unflatten(treedef, leaves_m), info)
+    info = {
+        "active": unflatten_at(treedef, n, sparse, active),
+        "dropped": unflatten_at(treedef, n, sparse, list(dropped)),
+        "grown": unflatten_at(treedef, n, sparse, list(dropped)),
+        "moved": jnp.int32(0),
+        "skipped": jnp.asarray(skipped, jnp.bool_),
+    }
+    return (
+        jax.tree_util.tree_unflatten(treedef, leaves_p),
+        jax.tree_util.tree_unflatten(treedef, leaves_m),
+        info,
+    )
 
 
-def nm_redistribute(params: PyTree, masks: PyTree, grads: PyTree, key: jax.Array, *,
-                    method: Any, fraction: Any, m: int, axis: int = -2,
-                    momentum: PyTree | None = None, skip_nonfinite: bool = True
-                    ) -> tuple[PyTree, PyTree, dict[str, Any]]:
+def nm_redistribute(
+    params: PyTree,
+    masks: PyTree,
+    grads: PyTree,
+    key: jax.Array,
+    *,
+    method: Any,
+    fraction: Any,
+    m: int,
+    axis: int = -2,
+    momentum: PyTree | None = None,
+    skip_nonfinite: bool = True,
+) -> tuple[PyTree, PyTree, dict[str, Any]]:
     """A topology update that keeps every group of ``m`` (along ``axis``) at its active count.
 
     Each layer drops its ``floor(fraction * active)`` smallest-magnitude weights (the selection
@@ -254,8 +281,9 @@ def nm_redistribute(params: PyTree, masks: PyTree, grads: PyTree, key: jax.Array
     masks_in, weights = [m_leaves[i] for i in sparse], [w_leaves[i] for i in sparse]
 
     def unchanged(skipped):
-        kept = [jnp.where(x, w, jnp.zeros((), w.dtype))
-                for x, w in zip(masks_in, weights, strict=True)]
+        kept = [
+            jnp.where(x, w, jnp.zeros((), w.dtype)) for x, w in zip(masks_in, weights, strict=True)
+        ]
         zero = jnp.zeros(len(sparse), jnp.int32)
         return _finish(treedef, w_leaves, m_leaves, sparse, kept, masks_in, zero, skipped)
 
@@ -266,8 +294,12 @@ def nm_redistribute(params: PyTree, masks: PyTree, grads: PyTree, key: jax.Array
         active = jnp.stack([count_true(x) for x in masks_in])
         f = jnp.clip(jnp.asarray(fraction, jnp.float32), 0.0, 1.0)
         n_drop = jnp.floor(f * active.astype(jnp.float32)).astype(jnp.int32)
-        drop, n_drop = select_per_leaf([(lambda w: order_key(-jnp.abs(w)), (w,)) for w in weights],
-                                       masks_in, n_drop, n_eligible=active)
+        drop, n_drop = select_per_leaf(
+            [(lambda w: order_key(-jnp.abs(w)), (w,)) for w in weights],
+            masks_in,
+            n_drop,
+            n_eligible=active,
+        )
         subkeys = jax.random.split(key, len(sparse))
         new_m, new_w = [], []
         for j, i in enumerate(sparse):

@@ -128,8 +128,9 @@ def test_linen_checkpoint_round_trip(dtype, tmp_path, getkey):
     assert_bit_equal(new_params, params)
     assert_bit_equal(new_masks, masks)
     with jax.numpy_dtype_promotion("standard"):  # Linen computes in the promoted dtype
-        np.testing.assert_array_equal(bits(model.apply({"params": new_params}, x)),
-                                      bits(model.apply({"params": params}, x)))
+        np.testing.assert_array_equal(
+            bits(model.apply({"params": new_params}, x)), bits(model.apply({"params": params}, x))
+        )
 
 
 def test_nnx_round_trip_and_checkpoint(tmp_path, getkey):
@@ -141,8 +142,9 @@ def test_nnx_round_trip_and_checkpoint(tmp_path, getkey):
     assert_bit_equal(gj.decompress(gj.compress(params, masks)), params)
     # through orbax, as the pure dicts NNX checkpoints
     pure_params, pure_masks = nnx.to_pure_dict(params), nnx.to_pure_dict(masks)
-    restored = gj.decompress(save_and_restore(gj.compress(pure_params, pure_masks),
-                                              tmp_path / "ckpt"))
+    restored = gj.decompress(
+        save_and_restore(gj.compress(pure_params, pure_masks), tmp_path / "ckpt")
+    )
     assert_bit_equal(restored, pure_params)
     nnx.replace_by_pure_dict(params, restored)
     out = nnx.merge(graphdef, params)(x)
@@ -159,8 +161,9 @@ def test_model_bytes_is_the_size_of_the_export(getkey):
 
 def test_lenet300_98_percent_shrinks_about_19x(getkey):
     sizes = [(784, 300), (300, 100), (100, 10)]
-    params = {f"Dense_{i}": {"kernel": jnp.ones(s), "bias": jnp.ones(s[1])}
-              for i, s in enumerate(sizes)}
+    params = {
+        f"Dense_{i}": {"kernel": jnp.ones(s), "bias": jnp.ones(s[1])} for i, s in enumerate(sizes)
+    }
     params, masks = sparse(params, getkey(), 0.98)
     dense, small = gj.model_bytes(params), gj.model_bytes(params, masks)
     n = 784 * 300 + 300 * 100 + 100 * 10  # 266,200 kernel entries; 5,324 of them kept

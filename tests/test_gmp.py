@@ -14,14 +14,16 @@ PARAMS_SHAPES = {"a": (30, 20), "b": (3, 3, 4, 8), "c": (20, 10), "bias": (10,)}
 
 def random_params(key):
     keys = jax.random.split(key, len(PARAMS_SHAPES))
-    return {k: jax.random.normal(kk, s) for kk, (k, s) in zip(keys, PARAMS_SHAPES.items(),
-                                                               strict=True)}
+    return {
+        k: jax.random.normal(kk, s) for kk, (k, s) in zip(keys, PARAMS_SHAPES.items(), strict=True)
+    }
 
 
 def test_schedule_is_zhu_gupta_cubic():
     s_i, s_f, t0, end, dt = 0.1, 0.95, 20, 120, 10
-    schedule = jax.jit(gj.gmp_schedule(s_f, begin_step=t0, end_step=end, update_every=dt,
-                                       initial_sparsity=s_i))
+    schedule = jax.jit(
+        gj.gmp_schedule(s_f, begin_step=t0, end_step=end, update_every=dt, initial_sparsity=s_i)
+    )
     for t in range(0, 200):
         if t < t0:
             want = 0.0
@@ -52,10 +54,13 @@ def reference_keep(params, masks, sparsity, allocation):
             sel[order] = True
             out[k] = sel.reshape(params[k].shape)
         return out
-    entries = [(-abs(float(np.asarray(params[k]).ravel()[i])), j, i)
-               for j, k in enumerate(names) for i in np.flatnonzero(np.asarray(masks[k]).ravel())]
+    entries = [
+        (-abs(float(np.asarray(params[k]).ravel()[i])), j, i)
+        for j, k in enumerate(names)
+        for i in np.flatnonzero(np.asarray(masks[k]).ravel())
+    ]
     total = sum(params[k].size for k in names)
-    keep = sorted(entries)[:round((1 - sparsity) * total)]
+    keep = sorted(entries)[: round((1 - sparsity) * total)]
     out = {k: np.zeros(params[k].size, bool) for k in names}
     for _, j, i in keep:
         out[names[j]][i] = True
@@ -67,11 +72,11 @@ def test_prune_is_exact_and_matches_sort_reference(allocation, getkey):
     params = random_params(getkey())
     params["a"] = jnp.round(params["a"])  # many ties at equal magnitude
     masks = gj.full_masks(params)
-    prune = jax.jit(chex.assert_max_traces(gj.magnitude_prune, n=1),
-                    static_argnames="allocation")
+    prune = jax.jit(chex.assert_max_traces(gj.magnitude_prune, n=1), static_argnames="allocation")
     for sparsity in (0.3, 0.6, 0.9):  # traced: one compilation for every sparsity
-        new_params, new_masks, info = prune(params, masks, sparsity=jnp.float32(sparsity),
-                                            allocation=allocation)
+        new_params, new_masks, info = prune(
+            params, masks, sparsity=jnp.float32(sparsity), allocation=allocation
+        )
         want = reference_keep(params, masks, sparsity, allocation)
         for k, v in want.items():
             np.testing.assert_array_equal(new_masks[k], v, err_msg=f"{k} at {sparsity}")
@@ -110,12 +115,21 @@ def test_dense_to_sparse_run_under_cond(getkey):
     @jax.jit
     @chex.assert_max_traces(n=1)
     def step(params, masks, t, key):
-        params = gj.apply_masks(jax.tree.map(
-            lambda p, k: p + 0.1 * jax.random.normal(k, p.shape), params,
-            dict(zip(params, jax.random.split(key, len(params)), strict=True))), masks)
+        params = gj.apply_masks(
+            jax.tree.map(
+                lambda p, k: p + 0.1 * jax.random.normal(k, p.shape),
+                params,
+                dict(zip(params, jax.random.split(key, len(params)), strict=True)),
+            ),
+            masks,
+        )
         due = (t >= 10) & (t <= 60) & (t % 10 == 0)
-        return jax.lax.cond(due, lambda a: gj.magnitude_prune(*a, sparsity=schedule(t))[:2],
-                            lambda a: a, (params, masks))
+        return jax.lax.cond(
+            due,
+            lambda a: gj.magnitude_prune(*a, sparsity=schedule(t))[:2],
+            lambda a: a,
+            (params, masks),
+        )
 
     densities = []
     for t in range(80):

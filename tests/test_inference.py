@@ -85,16 +85,22 @@ def sparse_linen(key, sparsity=0.9):
 def test_linen_forward(fmt, getkey):
     model, params, masks = sparse_linen(getkey())
     sparse_params = gj.sparsify(params, masks, format=fmt)
-    assert isinstance(sparse_params["Dense_0"]["kernel"], gj.EllKernel if fmt == "ell"
-                      else jax.experimental.sparse.BCOO)
+    assert isinstance(
+        sparse_params["Dense_0"]["kernel"],
+        gj.EllKernel if fmt == "ell" else jax.experimental.sparse.BCOO,
+    )
     x = jax.random.normal(getkey(), (5, 48))
     forward = jax.jit(lambda p, x: gj.linen_apply(model, p, x))
-    np.testing.assert_allclose(forward(sparse_params, x), model.apply({"params": params}, x),
-                               rtol=1e-5, atol=1e-5)
-    layers = [(sparse_params[f"Dense_{i}"]["kernel"], sparse_params[f"Dense_{i}"]["bias"])
-              for i in range(3)]
-    np.testing.assert_allclose(gj.mlp_apply(layers, x), model.apply({"params": params}, x),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        forward(sparse_params, x), model.apply({"params": params}, x), rtol=1e-5, atol=1e-5
+    )
+    layers = [
+        (sparse_params[f"Dense_{i}"]["kernel"], sparse_params[f"Dense_{i}"]["bias"])
+        for i in range(3)
+    ]
+    np.testing.assert_allclose(
+        gj.mlp_apply(layers, x), model.apply({"params": params}, x), rtol=1e-5, atol=1e-5
+    )
 
 
 class NNXMLP(nnx.Module):
@@ -121,8 +127,9 @@ def test_nnx_forward(fmt, getkey):
     assert isinstance(model.head, nnx.Linear)  # the input model is untouched
     want = model(x)
     np.testing.assert_allclose(sparse_model(x), want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(sparse_model, x), want,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        nnx.jit(lambda m, x: m(x))(sparse_model, x), want, rtol=1e-5, atol=1e-5
+    )
     pure = gj.nnx_sparsify(model, nnx.to_pure_dict(masks), format=fmt)  # pure-dict masks too
     np.testing.assert_allclose(pure(x), want, rtol=1e-5, atol=1e-5)
 

@@ -33,7 +33,7 @@ PARAMS = {  # Flax layouts: (in, out) and HWIO; groups along `in`
 def group_counts(mask, m, axis=-2):
     x = np.asarray(mask)
     a = axis % x.ndim
-    return x.reshape(x.shape[:a] + (x.shape[a] // m, m) + x.shape[a + 1:]).sum(axis=a + 1)
+    return x.reshape(x.shape[:a] + (x.shape[a] // m, m) + x.shape[a + 1 :]).sum(axis=a + 1)
 
 
 def test_group_top_k_hand_computed():
@@ -82,8 +82,9 @@ def test_errors_name_leaf_and_value(getkey):
     masks = gj.nm_random_masks(PARAMS, n=2, m=4, key=getkey())
     for method, what in ((gj.ggr(), "'global_gradient'"), (gj.snfs(), "'momentum'")):
         with pytest.raises(ValueError, match=f"allocate={what}.*fixed at N/M"):
-            gj.nm_redistribute(PARAMS, masks, PARAMS, getkey(), method=method, fraction=0.3, m=4,
-                               momentum=PARAMS)
+            gj.nm_redistribute(
+                PARAMS, masks, PARAMS, getkey(), method=method, fraction=0.3, m=4, momentum=PARAMS
+            )
 
 
 def test_update_hand_computed():
@@ -91,8 +92,9 @@ def test_update_hand_computed():
     w = jnp.array([[1.0], [3.0], [0.0], [0.0]])
     mask = jnp.array([[True], [True], [False], [False]])
     g = jnp.array([[0.0], [0.0], [-5.0], [1.0]])
-    p, new, info = gj.nm_redistribute({"w": w}, {"w": mask}, {"w": g}, jax.random.key(0),
-                                      method=gj.rigl(), fraction=0.5, m=4)
+    p, new, info = gj.nm_redistribute(
+        {"w": w}, {"w": mask}, {"w": g}, jax.random.key(0), method=gj.rigl(), fraction=0.5, m=4
+    )
     np.testing.assert_array_equal(new["w"][:, 0], [False, True, True, False])
     np.testing.assert_array_equal(p["w"][:, 0], [0.0, 3.0, 0.0, 0.0])
     assert int(info["dropped"]["w"]) == int(info["grown"]["w"]) == 1
@@ -104,11 +106,13 @@ def test_regrow_pruned_false_prefers_other_positions():
     mask = jnp.array([[True], [True], [False], [False]])
     g = jnp.array([[9.0], [0.0], [0.0], [1.0]])  # the pruned position has the largest |g|
     method = METHODS["rigl_no_regrow_pruned"]
-    _, new, _ = gj.nm_redistribute({"w": w}, {"w": mask}, {"w": g}, jax.random.key(0),
-                                   method=method, fraction=0.5, m=4)
+    _, new, _ = gj.nm_redistribute(
+        {"w": w}, {"w": mask}, {"w": g}, jax.random.key(0), method=method, fraction=0.5, m=4
+    )
     np.testing.assert_array_equal(new["w"][:, 0], [False, True, False, True])
-    _, new, _ = gj.nm_redistribute({"w": w}, {"w": mask}, {"w": g}, jax.random.key(0),
-                                   method=gj.rigl(), fraction=0.5, m=4)
+    _, new, _ = gj.nm_redistribute(
+        {"w": w}, {"w": mask}, {"w": g}, jax.random.key(0), method=gj.rigl(), fraction=0.5, m=4
+    )
     np.testing.assert_array_equal(new["w"][:, 0], [True, True, False, False])
 
 
@@ -116,8 +120,9 @@ def test_nonfinite_gradients_skip_the_update(getkey):
     masks = gj.nm_random_masks(PARAMS, n=2, m=4, key=getkey())
     params = gj.apply_masks(jax.tree.map(lambda p: jnp.ones(p.shape), PARAMS), masks)
     grads = jax.tree.map(lambda p: jnp.full(p.shape, jnp.nan), PARAMS)
-    _, new, info = gj.nm_redistribute(params, masks, grads, getkey(), method=gj.rigl(),
-                                      fraction=0.3, m=4)
+    _, new, info = gj.nm_redistribute(
+        params, masks, grads, getkey(), method=gj.rigl(), fraction=0.3, m=4
+    )
     assert bool(info["skipped"])
     for a, b in zip(jax.tree.leaves(masks), jax.tree.leaves(new), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -134,8 +139,9 @@ def jitted_update(name):
         @jax.jit
         def update(params, masks, grads, key, fraction, use_cond):
             def run(args):
-                return gj.nm_redistribute(*args, key, method=method, fraction=fraction, m=4,
-                                          momentum=grads)[:2]
+                return gj.nm_redistribute(
+                    *args, key, method=method, fraction=fraction, m=4, momentum=grads
+                )[:2]
 
             # under lax.cond, as inside a training step: the structures must match exactly
             return jax.lax.cond(use_cond, run, lambda a: a[:2], (params, masks, grads))
@@ -163,8 +169,10 @@ def test_fifty_random_updates_keep_every_group_n_m(name, seed, n):
             assert (group_counts(new[leaf], 4) == n).all(), (name, step, leaf)
             assert not bool(jnp.where(new[leaf], 0.0, params[leaf]).any())
         assert sum(int(x.sum()) for x in jax.tree.leaves(new)) == total
-        changed |= any(bool((a != b).any()) for a, b in
-                       zip(jax.tree.leaves(masks), jax.tree.leaves(new), strict=True))
+        changed |= any(
+            bool((a != b).any())
+            for a, b in zip(jax.tree.leaves(masks), jax.tree.leaves(new), strict=True)
+        )
         masks = new
         # training moves the weights, so the next prune sees other magnitudes
         moved = jax.tree.map(lambda p, k=k_w: p + jax.random.normal(k, p.shape), params)
