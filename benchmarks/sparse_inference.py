@@ -81,13 +81,21 @@ def forwards(
 def interleaved(
     fns: dict[str, Callable], args: dict[str, tuple], *, calls: int, rounds: int
 ) -> dict[str, float]:
-    """Median seconds per call of each function, called in interleaved rounds after warm-up."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    """Median seconds per call of each function, called in interleaved rounds after warm-up.
+
+    A round calls each function ``calls`` times, or fewer for a slow one (about 0.2 s a round),
+    so that a slow format does not stretch the run.
+    """
+    per_round = {}
     for name, f in fns.items():
         jax.block_until_ready(f(*args[name]))  # compile
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args[name]))
+        per_round[name] = int(np.clip(0.2 / (time.perf_counter() - t0), 1, calls))
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, f in fns.items():
-            for _ in range(calls):
+            for _ in range(per_round[name]):
                 t0 = time.perf_counter()
                 jax.block_until_ready(f(*args[name]))
                 times[name].append(time.perf_counter() - t0)

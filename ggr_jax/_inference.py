@@ -139,8 +139,8 @@ def _ell_matmul(x: jax.Array, kernel: EllKernel) -> jax.Array:
     For a few rows (at most ``_GATHER_ROWS``) one gather of every input each output needs and a
     multiply-add is fastest. For more rows that gather would write ``rows * out * width`` floats;
     instead a scan over the width adds one gathered row of ``x.T`` per output and step (rows of
-    ``x.T`` are contiguous over the batch). Measured on a 2-core CPU, 4096 x 4096 at 98 %:
-    batch 1, gather 0.7 ms vs scan 1.1 ms; batch 128, scan 9-31 ms vs gather 0.7-0.9 s.
+    ``x.T`` are contiguous over the batch). Measured on a loaded 2-core CPU, 4096 x 4096 at
+    98 %: batch 1, gather 0.7 ms vs scan 1.1 ms; batch 128, scan 9-31 ms vs gather 0.7-0.9 s.
     """
     values = kernel.values.astype(x.dtype)
     lead, n_in = x.shape[:-1], x.shape[-1]
