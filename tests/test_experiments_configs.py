@@ -143,3 +143,13 @@ def test_one_device_mesh_shapes():
     assert replicated.mesh.size == jax.device_count() and batch.spec == jax.sharding.PartitionSpec(
         "data"
     )
+
+
+def test_config_ggr_fields_are_the_library_defaults():
+    # Arm `ggr` of the study runs the config's GGR fields: they must be ggr()'s defaults.
+    import ggr_jax as gj
+
+    for name in configs.NAMES:
+        config = configs.get_config(name)
+        config.method = "ggr"
+        assert methods.make_method(config) == gj.ggr(), name
