@@ -45,14 +45,15 @@ def _parser():
 
 
 def cells(grid: dict) -> list[dict]:
-    """One dict per run; dense runs once per seed (init and sparsity do not apply)."""
+    """One dict per run; dense runs once per seed (init and sparsity do not apply), GMP once per
+    sparsity and seed (it starts dense; per-layer pruning ends at uniform densities)."""
     out = []
     for seed in grid["seeds"]:
         for method in grid["methods"]:
             if method == "dense":
                 out.append({"method": "dense", "init": "erk", "sparsity": 0.0, "seed": seed})
                 continue
-            for init in grid["inits"]:
+            for init in ("uniform",) if method == "gmp" else grid["inits"]:
                 for sparsity in grid["sparsities"]:
                     out.append({"method": method, "init": init, "sparsity": sparsity, "seed": seed})
     return out

@@ -1,6 +1,7 @@
 """From config fields to ggr_jax objects: method, initial masks, optimizer, schedules."""
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import ggr_jax as gj
 from experiments.errors import UserError
 
 METHODS = ("dense", "static", "set", "rigl", "snfs", "ggr")
+DENSE_TO_SPARSE = ("gmp",)  # gradual magnitude pruning: tests/test_experiments_gmp.py
 INITS = ("uniform", "erk")
 
 
@@ -23,8 +25,9 @@ def check(config) -> None:
             )
 
     for m in split_methods(config.method):
-        if m not in METHODS:
-            raise UserError(f"unknown method {m!r}; choose one of: {', '.join(METHODS)}")
+        if m not in METHODS + DENSE_TO_SPARSE:
+            allowed = ", ".join(METHODS + DENSE_TO_SPARSE)
+            raise UserError(f"unknown method {m!r}; choose one of: {allowed}")
     choice("init", INITS)
     choice("optimizer", ("sgd", "adam"))
     choice("lr_schedule", ("cosine", "step", "constant"))
@@ -73,11 +76,26 @@ def split_methods(method: str) -> list[str]:
     return [m.strip() for m in str(method).split(",") if m.strip()]
 
 
-def make_method(config) -> gj.Method | None:
+class GMP(NamedTuple):
+    """Gradual magnitude pruning (Zhu & Gupta 2017, https://arxiv.org/abs/1710.01878) as a method
+    of the train step: dense start, per-layer magnitude pruning to a cubic sparsity schedule at
+    the topology-update steps (every delta_t steps while step < t_end), masks frozen after."""
+
+    name: str = "gmp"
+    final_sparsity: float = 0.95
+    allocation: str = "per_layer"  # per_layer (the paper; ends uniform) | global
+    signal: str = "batch"  # (read like a gj.Method's fields by the train loop)
+    needs_momentum: bool = False
+    is_static: bool = False
+
+
+def make_method(config) -> gj.Method | GMP | None:
     """The ggr_jax method of ``config.method`` (a single name); None for dense training."""
     name = config.method
     if name == "dense":
         return None
+    if name == "gmp":
+        return GMP(final_sparsity=float(config.sparsity))
     if name == "ggr":
         normalize = None if config.ggr_normalize == "none" else config.ggr_normalize
         return gj.ggr(
@@ -102,13 +120,37 @@ def is_dynamic(method: gj.Method | None) -> bool:
 def initial_masks(params, key, *, method: str, init: str, sparsity: float, dense_first: bool):
     """Masks of the initial topology: all-True for dense, else uniform or ERK densities."""
     spec = gj.sparsifiable(params)
-    if method == "dense":
+    if method in ("dense", "gmp"):  # GMP starts dense
         return jax.tree.map(lambda p, s: jnp.ones(p.shape, bool) if s else None, params, spec)
     if init == "erk":
         densities = gj.erk_densities(params, sparsity, spec=spec)
     else:
         densities = gj.uniform_densities(params, sparsity, spec=spec, dense_first=dense_first)
     return gj.random_masks(params, densities, key)
+
+
+def gmp_prune(method: GMP, params, masks, step, delta_t: int, t_end: int):
+    """GMP's prune at a topology-update step, with ``gj.redistribute``'s info fields.
+
+    The cubic schedule runs from the first update step (sparsity 0) to the last one before
+    ``t_end`` (``method.final_sparsity``).
+    """
+    last = max((max(t_end, 1) - 1) // delta_t * delta_t, delta_t)
+    schedule = gj.gmp_schedule(
+        method.final_sparsity, begin_step=delta_t, end_step=last, update_every=delta_t
+    )
+    new_params, new_masks, info = gj.magnitude_prune(
+        params, masks, sparsity=schedule(step), allocation=method.allocation
+    )
+    grown = jax.tree.map(jnp.zeros_like, info["pruned"])
+    info = {
+        "active": info["active"],
+        "dropped": info["pruned"],
+        "grown": grown,
+        "moved": jnp.zeros((), jnp.int32),
+        "skipped": jnp.zeros((), jnp.bool_),
+    }
+    return new_params, new_masks, info
 
 
 def learning_rate(config, steps_per_epoch: int) -> optax.Schedule:

@@ -31,7 +31,7 @@ class TrainState(NamedTuple):
 class StepConfig(NamedTuple):
     """Static (hashable) settings of the train step."""
 
-    method: gj.Method | None
+    method: gj.Method | methods.GMP | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: bool
@@ -155,16 +155,21 @@ def train_step(state: TrainState, batch, *, model, tx, cfg: StepConfig, topology
         def update(operand):
             params, masks, opt_state = operand
             signal = gj.accumulated_gradients(opt_state) if method.signal != "batch" else grads
-            new_params, new_masks, info = gj.redistribute(
-                params,
-                masks,
-                signal,
-                k_topo,
-                method=method,
-                fraction=fraction_at(step),
-                min_active=cfg.min_active,
-                momentum=momentum if method.needs_momentum else None,
-            )
+            if isinstance(method, methods.GMP):
+                new_params, new_masks, info = methods.gmp_prune(
+                    method, params, masks, step, cfg.delta_t, cfg.t_end
+                )
+            else:
+                new_params, new_masks, info = gj.redistribute(
+                    params,
+                    masks,
+                    signal,
+                    k_topo,
+                    method=method,
+                    fraction=fraction_at(step),
+                    min_active=cfg.min_active,
+                    momentum=momentum if method.needs_momentum else None,
+                )
             new_opt_state = gj.reset_optimizer_state(tx, opt_state, masks, new_masks)
             return (new_params, new_masks, new_opt_state), info
 

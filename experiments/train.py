@@ -296,6 +296,11 @@ def train_and_evaluate(
         "training_flops_ratio": flops.training_flops_ratio(
             layer_flops, records, int(state.step), methods.reads_dense_gradients(method)
         ),
+        # bytes of the model as gj.compress exports it (bit-packed masks + values), and dense
+        "model_bytes": gj.model_bytes(
+            state.params, None if config.method == "dense" else state.masks
+        ),
+        "dense_bytes": gj.model_bytes(state.params),
         "n_updates": len(updates),
         "last_update_step": updates[-1]["step"] if updates else None,
         "lr_at_last_update": float(lr_at(updates[-1]["step"])) if updates else None,

@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = "mlp"  # mlp | lenet5 | vgg16 | mobilenetv2
     c.hidden = (300, 100)  # MLP hidden widths
     # Sparse training: methods may be a comma-separated list, e.g. "dense,rigl,ggr".
-    c.method = "ggr"  # dense | static | set | rigl | snfs | ggr
+    c.method = "ggr"  # dense | static | set | rigl | snfs | ggr | gmp
     c.init = "erk"  # uniform | erk (initial layer densities)
     c.sparsity = 0.95
     c.dense_first = False  # uniform init only: keep the first sparsifiable layer dense (RigL)

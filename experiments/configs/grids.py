@@ -4,6 +4,9 @@ sparsities × seeds, plus config overrides applied to every run. Dense runs once
 from experiments.errors import UserError
 
 ALL_METHODS = ("dense", "static", "set", "rigl", "snfs", "ggr")
+# with the dense-to-sparse baseline (gradual magnitude pruning: same steps, but its dense start
+# costs training FLOPs, reported as training_flops_ratio)
+COMPARE_METHODS = (*ALL_METHODS, "gmp")
 
 GRIDS = {
     # A ~1-minute grid on the bundled digits data (2 seeds, high sparsity).
@@ -18,7 +21,7 @@ GRIDS = {
     # Every method on digits.
     "digits_all": dict(
         config="digits_mlp",
-        methods=ALL_METHODS,
+        methods=COMPARE_METHODS,
         inits=("uniform", "erk"),
         sparsities=(0.9, 0.95, 0.98),
         seeds=(0, 1, 2),
@@ -27,7 +30,7 @@ GRIDS = {
     # Issue 5's reproduction study: LeNet-300-100 on Fashion-MNIST.
     "fashion_mnist_lenet300": dict(
         config="fashion_mnist_lenet300",
-        methods=ALL_METHODS,
+        methods=COMPARE_METHODS,
         inits=("uniform", "erk"),
         sparsities=(0.9, 0.95, 0.98, 0.99),
         seeds=(0, 1, 2),
@@ -35,7 +38,7 @@ GRIDS = {
     ),
     "fashion_mnist_lenet5": dict(
         config="fashion_mnist_lenet5",
-        methods=ALL_METHODS,
+        methods=COMPARE_METHODS,
         inits=("uniform", "erk"),
         sparsities=(0.9, 0.95, 0.98),
         seeds=(0, 1, 2),
