@@ -139,3 +139,11 @@ def test_errors():
         gj.to_ell(jnp.ones((2, 2, 2)), jnp.ones((2, 2, 2), bool))
     with pytest.raises(ValueError, match="format must be 'ell' or 'bcoo', got 'csr'"):
         gj.sparsify({"w": jnp.ones((2, 2))}, {"w": jnp.ones((2, 2), bool)}, format="csr")
+
+
+def test_sparsify_keeps_conv_kernels_and_dense_leaves(getkey):
+    params = {"conv": jnp.ones((3, 3, 2, 4)), "dense": jnp.ones((8, 4)), "bias": jnp.ones(4)}
+    masks = gj.random_masks(params, gj.uniform_densities(params, 0.5), getkey())
+    out = gj.sparsify(gj.apply_masks(params, masks), masks)
+    assert isinstance(out["dense"], gj.EllKernel)
+    assert out["conv"].shape == (3, 3, 2, 4) and out["bias"] is params["bias"]
