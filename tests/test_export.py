@@ -2,12 +2,14 @@
 checkpoints, and the byte count of the export."""
 
 import flax.linen as nn
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
+from hypothesis import given, settings
 
 import ggr_jax as gj
 
@@ -172,3 +174,24 @@ def test_lenet300_98_percent_shrinks_about_19x(getkey):
     assert dense == (n + 410) * 4 == 1_066_440
     assert small == expected == 56_235  # bits 33,275 + values 21,296 + shapes 24 + biases 1,640
     assert 18.9 < dense / small < 19.0
+
+
+@given(
+    shape=st.lists(st.integers(0, 9), min_size=1, max_size=3).map(tuple),
+    dtype=st.sampled_from(["bfloat16", "float16", "float32", "int8", "uint8"]),
+    density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=40, deadline=None)
+def test_round_trip_any_shape_dtype_density(shape, dtype, density, seed):
+    rng = np.random.default_rng(seed)
+    itemsize = np.dtype(jnp.dtype(dtype)).itemsize
+    raw = rng.integers(0, 2 ** (8 * itemsize), size=shape, dtype=np.uint64)
+    mask = rng.random(shape) < density
+    value = np.where(mask, raw, 0).astype(f"uint{8 * itemsize}").view(jnp.dtype(dtype))
+    params, masks = {"w": jnp.asarray(value), "b": jnp.ones(2)}, {"w": jnp.asarray(mask), "b": None}
+    compressed = gj.compress(params, masks)
+    assert gj.model_bytes(params, masks) == sum(x.nbytes for x in jax.tree.leaves(compressed))
+    restored, restored_masks = gj.decompress(compressed, with_masks=True)
+    assert_bit_equal(restored, params)
+    assert_bit_equal(restored_masks, masks)
