@@ -12,10 +12,10 @@ from ggr_jax._export import compress, decompress, is_compressed, model_bytes
 from ggr_jax._gmp import full_masks, gmp_schedule, magnitude_prune
 from ggr_jax._inference import (
     EllKernel,
-    SparseLinear,
     linen_apply,
     mlp_apply,
     nnx_sparsify,
+    sparse_linear_class,
     sparse_matmul,
     sparsify,
     to_bcoo,
@@ -49,7 +49,6 @@ __all__ = [
     "EllKernel",
     "GradientEMA",
     "Method",
-    "SparseLinear",
     "accumulate_gradients",
     "accumulated_gradients",
     "active_counts",
@@ -85,6 +84,7 @@ __all__ = [
     "rigl",
     "set",
     "snfs",
+    "sparse_linear_class",
     "sparse_matmul",
     "sparsifiable",
     "sparsify",

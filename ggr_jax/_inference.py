@@ -15,20 +15,22 @@ Whether either beats the dense matmul depends on the device, the batch and the s
 matmul runs at near peak FLOP rate, a sparse one is bound by gathers, so on a CPU sparse wins
 only at high sparsity and small batch. ``benchmarks/sparse_inference.py`` measures it.
 
-:func:`sparsify` converts every sparsified 2-D kernel of a params tree; :func:`linen_apply`
-runs a Flax Linen model's forward pass with its ``nn.Dense`` layers sparse, and
+:func:`sparsify` converts every sparsified 2-D kernel of a params tree and :func:`mlp_apply`
+runs an MLP given as ``(kernel, bias)`` pairs (from Linen params or an ``nnx.State``). With Flax
+installed (it is not a dependency of ``ggr_jax``: these two import it when called),
+:func:`linen_apply` runs any Flax Linen model with its ``nn.Dense`` layers sparse, and
 :func:`nnx_sparsify` returns a Flax NNX model whose ``nnx.Linear`` layers are sparse.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax import lax
 from jax.experimental import sparse as jsparse
 
@@ -174,9 +176,7 @@ def sparsify(params: PyTree, masks: PyTree, *, format: Literal["ell", "bcoo"] = 
       The params tree with :class:`EllKernel` / ``BCOO`` leaves in place of sparse kernels.
     """
     check_masks(params, masks)
-    if format not in ("ell", "bcoo"):
-        raise ValueError(f"format must be 'ell' or 'bcoo', got {format!r}")
-    convert = to_ell if format == "ell" else to_bcoo
+    convert = _converter(format)
     paths, m_leaves, treedef = leaves_with_paths(masks)
     p_leaves = leaves_with_paths(params)[1]
     out = [
@@ -184,6 +184,12 @@ def sparsify(params: PyTree, masks: PyTree, *, format: Literal["ell", "bcoo"] = 
         for m, p in zip(m_leaves, p_leaves, strict=True)
     ]
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _converter(format: str) -> Callable[[jax.Array, jax.Array], Any]:
+    if format not in ("ell", "bcoo"):
+        raise ValueError(f"format must be 'ell' or 'bcoo', got {format!r}")
+    return to_ell if format == "ell" else to_bcoo
 
 
 def _add_bias(y: jax.Array, bias: jax.Array | None) -> jax.Array:
@@ -196,24 +202,30 @@ def _is_sparse(x: Any) -> bool:
     return isinstance(x, (EllKernel, jsparse.BCOO))
 
 
-def linen_apply(module: nn.Module, params: PyTree, *args: Any, **kwargs: Any) -> Any:
-    """``module.apply({"params": params}, ...)`` with its ``nn.Dense`` layers sparse.
+def linen_apply(module: Any, params: PyTree, *args: Any, **kwargs: Any) -> Any:
+    """``module.apply({"params": params}, ...)`` with its ``nn.Dense`` layers sparse (needs Flax).
 
     ``params`` comes from :func:`sparsify`: every ``nn.Dense`` whose kernel is an
     :class:`EllKernel` or BCOO computes ``sparse_matmul(x, kernel) + bias`` instead of its dense
     matmul (through ``flax.linen.intercept_methods``); everything else runs unchanged.
 
-    Example:
-      >>> import jax, jax.numpy as jnp, flax.linen as nn, ggr_jax as gj
-      >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(2)])
-      >>> x = jnp.ones((1, 4))
-      >>> params = model.init(jax.random.key(0), x)["params"]
-      >>> masks = jax.tree.map(lambda p: jnp.abs(p) > 0.3 if p.ndim == 2 else None, params)
-      >>> params = gj.apply_masks(params, masks)
-      >>> y = gj.linen_apply(model, gj.sparsify(params, masks), x)
-      >>> bool(jnp.allclose(y, model.apply({"params": params}, x), atol=1e-6))
-      True
+    Args:
+      module: a ``flax.linen.Module``.
+      params: its params, sparse kernels in place (from :func:`sparsify`).
+      *args: inputs of ``module.apply``.
+      **kwargs: keyword arguments of ``module.apply``.
+
+    Returns:
+      What ``module.apply`` returns.
+
+    Example (Flax is not a dependency of ``ggr_jax``, so this runs in docs/sparse.md's tests
+    rather than as a doctest)::
+
+      model = nn.Sequential([nn.Dense(300), nn.relu, nn.Dense(10)])
+      sparse_params = gj.sparsify(params, masks)  # params zero outside masks
+      y = jax.jit(lambda p, x: gj.linen_apply(model, p, x))(sparse_params, x)
     """
+    import flax.linen as nn
 
     def interceptor(next_fun, call_args, call_kwargs, context):
         module = context.module
@@ -228,55 +240,68 @@ def linen_apply(module: nn.Module, params: PyTree, *args: Any, **kwargs: Any) ->
         return module.apply({"params": params}, *args, **kwargs)
 
 
-class SparseLinear(nnx.Module):
-    """An ``nnx.Linear`` with a sparse kernel: ``sparse_matmul(x, kernel) + bias``."""
+@functools.cache
+def sparse_linear_class() -> type:
+    """The NNX module that :func:`nnx_sparsify` puts in place of an ``nnx.Linear`` (needs Flax).
 
-    def __init__(self, kernel: Any, bias: jax.Array | None):
-        self.kernel = nnx.Variable(kernel)
-        self.bias = None if bias is None else nnx.Variable(bias)
+    ``SparseLinear(kernel, bias)(x) == sparse_matmul(x, kernel) + bias``, the kernel an
+    :class:`EllKernel` or BCOO held in an ``nnx.Variable``. Built on first use, so that
+    ``ggr_jax`` imports without Flax.
+    """
+    from flax import nnx
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        bias = None if self.bias is None else self.bias.get_value()
-        return _add_bias(sparse_matmul(x, self.kernel.get_value()), bias)
+    class SparseLinear(nnx.Module):
+        def __init__(self, kernel: Any, bias: jax.Array | None):
+            self.kernel = nnx.Variable(kernel)
+            self.bias = None if bias is None else nnx.Variable(bias)
+
+        def __call__(self, x: jax.Array) -> jax.Array:
+            bias = None if self.bias is None else self.bias.get_value()
+            return _add_bias(sparse_matmul(x, self.kernel.get_value()), bias)
+
+    return SparseLinear
 
 
-def _value(x: Any) -> Any:
-    return x.get_value() if isinstance(x, nnx.Variable) else x
-
-
-def nnx_sparsify(
-    model: nnx.Module, masks: PyTree, *, format: Literal["ell", "bcoo"] = "ell"
-) -> nnx.Module:
-    """A copy of an NNX model whose ``nnx.Linear`` layers with a mask are :class:`SparseLinear`.
+def nnx_sparsify(model: Any, masks: PyTree, *, format: Literal["ell", "bcoo"] = "ell") -> Any:
+    """A copy of an NNX model whose masked ``nnx.Linear`` layers are sparse (needs Flax).
 
     Args:
       model: an ``nnx.Module``.
-      masks: masks as for its ``nnx.split(model, nnx.Param)[1]`` state (``nnx.State`` or the pure
-        dict of it); ``None`` for dense kernels.
+      masks: masks as for its ``nnx.state(model, nnx.Param)`` (``nnx.State`` or the pure dict of
+        it); ``None`` for dense kernels.
       format: ``"ell"`` or ``"bcoo"``.
 
     Returns:
-      A new model (the input is not modified); call it as the original.
+      A new model (the input is not modified) whose masked ``nnx.Linear`` layers are
+      :func:`sparse_linear_class` modules; call it as the original.
+
+    Example (runs in docs/sparse.md's tests; Flax is not a dependency of ``ggr_jax``)::
+
+      sparse_net = gj.nnx_sparsify(net, masks)  # net's params zero outside masks
+      y = sparse_net(x)
     """
+    from flax import nnx
+
     model = nnx.clone(model)
-    convert = {"ell": to_ell, "bcoo": to_bcoo}[format]
+    convert = _converter(format)
     linears = [(path, m) for path, m in nnx.iter_graph(model) if isinstance(m, nnx.Linear)]
     for path, linear in linears:
         node = masks
         for key in path:
             node = node[key]
-        mask = _value(node["kernel"])
+        mask = node["kernel"]
+        mask = mask.get_value() if isinstance(mask, nnx.Variable) else mask
         if mask is None:
             continue
         parent = model
         for key in path[:-1]:
-            parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+            parent = parent[key] if isinstance(key, int) else getattr(parent, str(key))
         bias = None if linear.bias is None else linear.bias.get_value()
-        layer = SparseLinear(convert(linear.kernel.get_value(), mask), bias)
+        layer = sparse_linear_class()(convert(linear.kernel.get_value(), mask), bias)
         if isinstance(path[-1], int):
             parent[path[-1]] = layer
         else:
-            setattr(parent, path[-1], layer)
+            setattr(parent, str(path[-1]), layer)
     return model
 
 

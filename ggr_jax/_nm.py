@@ -191,6 +191,7 @@ def _regrow(
     k_rand, k_round = jax.random.split(key)
     if method.place == "random":
         return group_top_k(restrict(_grouped(random_keys(k_rand, shape), a, m)), free, need, axis=g)
+    assert signal is not None  # gradient, momentum or mixed placement reads a signal
     by_signal = restrict(order_key(jnp.abs(signal).astype(jnp.float32)))
     if method.place != "mixed":
         return group_top_k(by_signal, free, need, axis=g)
