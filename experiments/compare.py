@@ -196,8 +196,9 @@ def _compare(argv: list[str]) -> int:
     from experiments import methods
 
     for m in grid["methods"]:
-        if m not in methods.METHODS:
-            raise UserError(f"unknown method {m!r}; choose one of: {', '.join(methods.METHODS)}")
+        if m not in methods.METHODS + methods.DENSE_TO_SPARSE:
+            allowed = ", ".join(methods.METHODS + methods.DENSE_TO_SPARSE)
+            raise UserError(f"unknown method {m!r}; choose one of: {allowed}")
     for i in grid["inits"]:
         if i not in methods.INITS:
             raise UserError(f"unknown init {i!r}; choose one of: {', '.join(methods.INITS)}")

@@ -61,3 +61,9 @@ def test_tables_show_model_size_and_old_results_without_it():
     assert "| model size |" in table and "| 2.0 KiB |" in table
     summary = report.summary_table(report.summarize([{**row, "model_bytes": 2048}]))
     assert "2.0 KiB" in summary
+
+
+def test_compare_accepts_gmp(capsys):
+    assert compare.compare_main(["--config=digits_mlp", "--methods=gmp,xyz"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'xyz'" in err and "gmp" in err  # gmp passed the check, xyz did not
