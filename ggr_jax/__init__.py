@@ -22,9 +22,10 @@ from ggr_jax._inference import (
     to_ell,
 )
 from ggr_jax._masks import active_counts, apply_masks, global_density, mask_densities, random_masks
+from ggr_jax._methods import Method, ggr, rigl, set_, snfs, static
 from ggr_jax._nm import group_top_k, is_nm, nm_random_masks, nm_redistribute
 from ggr_jax._optimizer_state import reset_optimizer_state
-from ggr_jax._redistribute import Method, ggr, redistribute, rigl, set_, snfs, static
+from ggr_jax._redistribute import redistribute
 from ggr_jax._select import order_key, top_k_global, top_k_per_leaf
 from ggr_jax._transforms import (
     AccumulatedGradients,

@@ -16,8 +16,9 @@ import optax
 from jax import lax
 
 from ggr_jax._masks import apply_masks
+from ggr_jax._methods import Method
 from ggr_jax._optimizer_state import reset_optimizer_state
-from ggr_jax._redistribute import Method, _check_method, redistribute
+from ggr_jax._redistribute import check_method, redistribute
 from ggr_jax._tree import PyTree, check_masks, check_unit_interval, map_sparse
 
 
@@ -83,8 +84,9 @@ def _signal_step(signal: str, acc: Any, g: jax.Array, decay: Any) -> jax.Array:
     return acc + (jnp.abs(g) if signal == "mean_abs" else g)
 
 
-def accumulate_gradients(signal: str = "mean", *, decay: float = 0.9
-                         ) -> optax.GradientTransformation:
+def accumulate_gradients(
+    signal: str = "mean", *, decay: float = 0.9
+) -> optax.GradientTransformation:
     """Accumulates the dense gradients so that regrowth can read a less noisy signal than one batch.
 
     Put it first in the chain (before :func:`mask_gradients`: inactive weights' gradients are
@@ -125,8 +127,9 @@ def accumulate_gradients(signal: str = "mean", *, decay: float = 0.9
     def update_fn(updates, state, params=None):
         del params
         if signal == "ema":
-            ema = jax.tree.map(lambda a, g: _signal_step(signal, a, g, state.ema_decay),
-                               state.grad_ema, updates)
+            ema = jax.tree.map(
+                lambda a, g: _signal_step(signal, a, g, state.ema_decay), state.grad_ema, updates
+            )
             return updates, state._replace(grad_ema=ema, ema_count=state.ema_count + 1)
         sums = jax.tree.map(lambda a, g: _signal_step(signal, a, g, None), state.grad_sum, updates)
         return updates, AccumulatedGradients(sums, state.grad_count + 1)
@@ -227,7 +230,7 @@ def dynamic_sparse(
     if not isinstance(end_step, int) or end_step < 0:
         raise ValueError(f"end_step must be a non-negative int, got {end_step!r}")
     check_unit_interval(momentum_decay, name="momentum_decay")
-    _check_method(method)
+    check_method(method)
     fraction_at = _schedule(drop_fraction)
     inner = optax.with_extra_args_support(inner)
     uses_signal = method.signal != "batch" or method.needs_momentum
@@ -236,30 +239,48 @@ def dynamic_sparse(
 
     def init_fn(params):
         check_masks(params, masks)
-        signal = (map_sparse(lambda m: jnp.zeros(m.shape, jnp.float32), masks)
-                  if uses_signal else ())
+        signal = map_sparse(lambda m: jnp.zeros(m.shape, jnp.float32), masks) if uses_signal else ()
         zero = map_sparse(lambda m: jnp.zeros((), jnp.int32), masks)
-        info = {"active": map_sparse(lambda m: jnp.sum(m, dtype=jnp.int32), masks),
-                "dropped": zero, "grown": zero, "moved": jnp.zeros((), jnp.int32),
-                "skipped": jnp.zeros((), jnp.bool_)}
-        return DynamicSparseState(jnp.zeros((), jnp.int32), key, masks, inner.init(params), signal,
-                                  jnp.zeros((), jnp.int32), info)
+        info = {
+            "active": map_sparse(lambda m: jnp.sum(m, dtype=jnp.int32), masks),
+            "dropped": zero,
+            "grown": zero,
+            "moved": jnp.zeros((), jnp.int32),
+            "skipped": jnp.zeros((), jnp.bool_),
+        }
+        return DynamicSparseState(
+            jnp.zeros((), jnp.int32),
+            key,
+            masks,
+            inner.init(params),
+            signal,
+            jnp.zeros((), jnp.int32),
+            info,
+        )
 
     def update_fn(grads, state, params=None, **extra_args):
         if params is None:
             raise ValueError("dynamic_sparse needs params: call tx.update(grads, state, params)")
         masks_now = state.masks
-        updates, inner_state = inner.update(apply_masks(grads, masks_now), state.inner_state,
-                                            params, **extra_args)
+        updates, inner_state = inner.update(
+            apply_masks(grads, masks_now), state.inner_state, params, **extra_args
+        )
         updates = apply_masks(updates, masks_now)
         signal, count = state.signal, state.signal_count + 1
         if method.needs_momentum:
-            signal = map_sparse(lambda m, s, g: momentum_decay * s
-                                + (1 - momentum_decay) * g.astype(jnp.float32),
-                                masks_now, signal, grads)
+            signal = map_sparse(
+                lambda m, s, g: momentum_decay * s + (1 - momentum_decay) * g.astype(jnp.float32),
+                masks_now,
+                signal,
+                grads,
+            )
         elif method.signal != "batch":
-            signal = map_sparse(lambda m, s, g: _signal_step(method.signal, s, g, momentum_decay),
-                                masks_now, signal, grads)
+            signal = map_sparse(
+                lambda m, s, g: _signal_step(method.signal, s, g, momentum_decay),
+                masks_now,
+                signal,
+                grads,
+            )
         step = state.step
         due = (step > 0) & (step % update_every == 0) & (step < end_step)
 
@@ -267,24 +288,39 @@ def dynamic_sparse(
             moved = optax.apply_updates(params, updates)
             grad_signal, momentum = grads, None
             if method.needs_momentum:
-                momentum = map_sparse(lambda m, s, g: s, masks_now, signal, grads,
-                                      dense=lambda s, g: g)
+                momentum = map_sparse(
+                    lambda m, s, g: s, masks_now, signal, grads, dense=lambda s, g: g
+                )
             elif method.signal != "batch":
                 n = count.astype(jnp.float32)
                 norm = 1.0 - momentum_decay**n if method.signal == "ema" else n
-                grad_signal = map_sparse(lambda m, s, g: s / norm, masks_now, signal, grads,
-                                         dense=lambda s, g: g)
+                grad_signal = map_sparse(
+                    lambda m, s, g: s / norm, masks_now, signal, grads, dense=lambda s, g: g
+                )
             _, new_masks, info = redistribute(
-                moved, masks_now, grad_signal, jax.random.fold_in(state.key, step), method=method,
-                fraction=fraction_at(step), min_active=min_active, momentum=momentum)
-            new_updates = map_sparse(lambda m, u, p: jnp.where(m, u, -p), new_masks, updates,
-                                     params, dense=lambda u, p: u)
+                moved,
+                masks_now,
+                grad_signal,
+                jax.random.fold_in(state.key, step),
+                method=method,
+                fraction=fraction_at(step),
+                min_active=min_active,
+                momentum=momentum,
+            )
+            new_updates = map_sparse(
+                lambda m, u, p: jnp.where(m, u, -p),
+                new_masks,
+                updates,
+                params,
+                dense=lambda u, p: u,
+            )
             new_inner = reset_optimizer_state(inner, inner_state, masks_now, new_masks)
             if method.needs_momentum:
                 # Regrown weights start with zero momentum; inactive positions keep theirs, as
                 # it is their growth signal at the next update.
-                new_signal = map_sparse(lambda m, mn, s: jnp.where(mn & ~m, 0.0, s), masks_now,
-                                        new_masks, signal)
+                new_signal = map_sparse(
+                    lambda m, mn, s: jnp.where(mn & ~m, 0.0, s), masks_now, new_masks, signal
+                )
                 new_count = count
             elif runs_on:
                 new_signal, new_count = signal, count
@@ -297,9 +333,11 @@ def dynamic_sparse(
             return updates, masks_now, inner_state, signal, count, state.info
 
         updates, new_masks, inner_state, signal, count, info = lax.cond(
-            due, topology_update, no_update)
-        return updates, DynamicSparseState(step + 1, state.key, new_masks, inner_state, signal,
-                                           count, info)
+            due, topology_update, no_update
+        )
+        return updates, DynamicSparseState(
+            step + 1, state.key, new_masks, inner_state, signal, count, info
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
