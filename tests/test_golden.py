@@ -25,7 +25,7 @@ METHODS = {
     "rigl": gj.rigl(),
     "rigl_no_regrow": gj.Method("rigl_no_regrow", regrow_pruned=False),
     "snfs": gj.snfs(),
-    "ggr": gj.ggr(),
+    "ggr": gj.ggr(rho=0.5, normalize=None, signal="batch"),  # v1 defaults, explicit
     "ggr_rho1": gj.ggr(rho=1.0),
     "ggr_rho0": gj.ggr(rho=0.0),
     "ggr_l2_no_regrow": gj.ggr(rho=0.25, normalize="l2", regrow_pruned=False),
