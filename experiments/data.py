@@ -246,15 +246,7 @@ def _from_tfds(name: str, data_dir: str | None, **kwargs) -> Dataset:
     import tensorflow_datasets as tfds
 
     if name == "tiny_imagenet":
-        from experiments.tiny_imagenet import tiny_imagenet_dataset_builder as builder
-
-        # Offline, TFDS would retry the download for minutes: fail at once instead.
-        if not kwargs and not _prepared(tfds, name, data_dir) and not _reachable(builder.URL):
-            raise UserError(
-                f"tiny_imagenet is not prepared in {data_dir or 'the TFDS data dir'} and "
-                f"{builder.URL} cannot be reached (offline?); pass --data_dir with "
-                "tiny-imagenet-200.zip"
-            )
+        from experiments.tiny_imagenet import tiny_imagenet_dataset_builder  # noqa: F401 (registers)
     train_split, test_split = _TFDS_SPLITS[name]
     try:
         train, test = tfds.data_source(
@@ -282,37 +274,6 @@ def _from_tfds(name: str, data_dir: str | None, **kwargs) -> Dataset:
     tr_x, tr_y = _source_to_numpy(train)
     te_x, te_y = _source_to_numpy(test)
     return _make(tr_x, tr_y, te_x, te_y, num_classes)
-
-
-def _prepared(tfds, name: str, data_dir: str | None) -> bool:
-    try:
-        return tfds.builder(name, data_dir=data_dir, file_format="array_record").is_prepared()
-    except Exception:  # noqa: BLE001 (then it is not usable as it is)
-        return False
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds (the DNS lookup
-    included, which has no timeout of its own: it runs in a daemon thread)."""
-    import socket
-    import threading
-    import urllib.parse
-
-    parsed = urllib.parse.urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    result = []
-
-    def connect():
-        try:
-            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
 
 
 def _tiny_imagenet_local(folder: str) -> Dataset:

@@ -136,8 +136,13 @@ def test_tiny_imagenet_offline_fails_at_once(tmp_path, monkeypatch):
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
     asked = []
-    monkeypatch.setattr(socket, "create_connection", offline)
-    monkeypatch.setattr(tfds, "data_source", lambda *a, **k: asked.append(a) or 1 / 0)
+
+    def download(self, *args, **kwargs):
+        asked.append(args)
+        raise RuntimeError("a download was attempted")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", download)
     config = main.build_config(
         "tiny_imagenet_vgg16", ["--data_source=tfds", f"--data_dir={tmp_path}"]
     )

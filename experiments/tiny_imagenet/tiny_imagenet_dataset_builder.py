@@ -9,6 +9,9 @@ folder there. The test split has no labels and is not provided.
 """
 
 import io
+import socket
+import threading
+import urllib.parse
 import zipfile
 
 import tensorflow_datasets as tfds
@@ -16,6 +19,26 @@ from etils import epath
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 FOLDER = "tiny-imagenet-200"
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds (the DNS lookup
+    included, which has no timeout of its own: it runs in a daemon thread)."""
+    parsed = urllib.parse.urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    result = []
+
+    def connect():
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
 
 
 def find_source(folder) -> epath.Path | None:
@@ -91,6 +114,9 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
         if manual and epath.Path(manual).exists():
             source = find_source(manual)
         if source is None:
+            # Offline, TFDS would retry the download for minutes: fail at once instead.
+            if not reachable(URL):
+                raise ConnectionError(f"{URL} cannot be reached (offline?)")
             source = epath.Path(dl_manager.download(URL))
         if source.name.endswith(".zip"):
             return _unzip(source, epath.Path(dl_manager.download_dir) / "extracted") / FOLDER
