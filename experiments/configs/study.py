@@ -69,8 +69,9 @@ SIGNAL = ("batch", "mean", "ema")
 SELECT_ARMS = tuple(
     ggr_arm(f"ggr-{n}-{s}", normalize=n, signal=s, rho=0.5) for n in NORMALIZE for s in SIGNAL
 )
-# Stage 1's winner by SELECTION_RULE (filled in from runs.csv before stage 2 was defined).
-STAGE1 = None
+# Stage 1's winner by SELECTION_RULE (filled in from runs.csv before stage 2 was defined:
+# `python -m experiments.study selection` on the 96 rows of grid select, 2026-11-30).
+STAGE1 = "ggr-l2-mean"
 _SELECT = dict(
     config="fashion_mnist_lenet300",
     inits=("uniform", "erk"),
