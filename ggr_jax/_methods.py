@@ -41,6 +41,12 @@ class Method(NamedTuple):
       unit_floor: the prune never removes the last active incoming weight of an output unit (the
         last axis: Flax's ``(in, out)`` and ``HWIO`` layouts): each unit keeps its
         largest-magnitude active weight out of the prune.
+      nm_group: N:M structured sparsity: ``M``, the size of the groups of consecutive inputs
+        (axis -2) whose active counts every update keeps, so that masks from
+        :func:`nm_random_masks` stay N:M (:func:`redistribute` then runs
+        :func:`nm_redistribute`; ``min_active`` does not apply). Only per-layer allocation
+        (``set_()``, ``rigl()``, any ``place``) or static training fits: GGR's and SNFS's
+        cross-layer allocations raise. ``None`` (default): unstructured.
     """
 
     name: str
@@ -51,6 +57,7 @@ class Method(NamedTuple):
     regrow_pruned: bool = True
     signal: str = "batch"
     unit_floor: bool = False
+    nm_group: int | None = None
 
     @property
     def needs_momentum(self) -> bool:

@@ -11,7 +11,9 @@ keeps them: it prunes the ``floor(fraction * active)`` smallest-magnitude weight
 as :func:`redistribute` does, and then regrows, **in each group**, exactly as many connections
 as that group lost, chosen among the group's free positions. Every group therefore keeps its
 count, whatever the scores. Selection inside a group of ``M`` is a rank count: ``M`` fused
-elementwise passes, no sort, ties broken by the lower index.
+elementwise passes, no sort, ties broken by the lower index. A method with ``nm_group=M``
+(``gj.rigl()._replace(nm_group=4)``) makes :func:`redistribute`, and so :func:`dynamic_sparse`,
+run this update.
 
 Which methods apply: the per-layer density is fixed at ``N / M``, so only allocations that keep
 each layer's count make sense. ``static()``, ``set_()`` (random placement), ``rigl()``
@@ -156,7 +158,13 @@ def _is_static(method: Any) -> bool:
     return method.allocate == "none"
 
 
-def _check_nm_method(method: Any) -> None:
+def check_nm_method(method: Any, m: int | None = None) -> None:
+    """Raises ``ValueError`` unless ``method`` can keep groups at their counts (see above)."""
+    group = getattr(method, "nm_group", None)
+    if group is not None and (not isinstance(group, int) or isinstance(group, bool) or group < 1):
+        raise ValueError(f"method.nm_group must be a positive int or None, got {group!r}")
+    if group is not None and m is not None and group != m:
+        raise ValueError(f"method {method.name!r}: method.nm_group={group} but m={m}")
     if not _is_static(method) and method.allocate != "per_layer":
         raise ValueError(
             f"method {method.name!r} allocates regrowth across layers (allocate="
@@ -266,7 +274,7 @@ def nm_redistribute(
       >>> bool(gj.is_nm(new, n=2, m=4)["w"]), int(info["dropped"]["w"])
       (True, 6)
     """
-    _check_nm_method(method)
+    check_nm_method(method, m)
     check_masks(params, masks)
     check_like(params, grads, name="grads")
     check_unit_interval(fraction, name="fraction")

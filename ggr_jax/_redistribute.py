@@ -23,6 +23,7 @@ from jax import lax
 
 from ggr_jax._apportion import capped_shares
 from ggr_jax._methods import NORMALIZE, SIGNAL, Method
+from ggr_jax._nm import check_nm_method, nm_redistribute
 from ggr_jax._select import (
     KeySpec,
     count_true,
@@ -321,6 +322,8 @@ def check_method(method: Method) -> None:
     for field in ("regrow_pruned", "unit_floor"):
         if not isinstance(getattr(method, field), bool):
             raise ValueError(f"method.{field} must be a bool, got {getattr(method, field)!r}")
+    if method.nm_group is not None:
+        check_nm_method(method)
 
 
 def _min_active(min_active: Any, path: str, shape: tuple[int, ...]) -> Any:
@@ -479,6 +482,18 @@ def redistribute(
         if momentum is None:
             raise ValueError(f"method {method.name!r} needs momentum= (a pytree like params)")
         check_like(params, momentum, name="momentum")
+    if method.nm_group is not None:  # N:M: each group regrows what it lost
+        return nm_redistribute(
+            params,
+            masks,
+            grads,
+            key,
+            method=method,
+            fraction=fraction,
+            m=method.nm_group,
+            momentum=momentum,
+            skip_nonfinite=skip_nonfinite,
+        )
     tree, layers = _split(params, masks, grads, momentum, min_active)
     if method.is_static or not tree.sparse:
         return _unchanged(tree, layers, False)

@@ -5,6 +5,7 @@ import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from hypothesis import given, settings
 
@@ -179,3 +180,56 @@ def test_fifty_random_updates_keep_every_group_n_m(name, seed, n):
         params = gj.apply_masks(moved, masks)
     assert changed == (name != "static")
     assert update._cache_size() == 1
+
+
+def test_redistribute_keeps_n_m_when_the_method_says_so(getkey):
+    masks = gj.nm_random_masks(PARAMS, n=2, m=4, key=getkey())
+    k_w, k_g, key = getkey(), getkey(), getkey()
+    params = gj.apply_masks(jax.tree.map(lambda p: jax.random.normal(k_w, p.shape), PARAMS), masks)
+    grads = jax.tree.map(lambda p: jax.random.normal(k_g, p.shape), PARAMS)
+    method = gj.rigl()._replace(nm_group=4)
+    got = jax.jit(gj.redistribute, static_argnames="method")(
+        params, masks, grads, key, method=method, fraction=0.4
+    )
+    want = gj.nm_redistribute(params, masks, grads, key, method=method, fraction=0.4, m=4)
+    chex.assert_trees_all_equal(got, want)
+    assert all(bool(v) for v in jax.tree.leaves(gj.is_nm(got[1], n=2, m=4)))
+    with pytest.raises(ValueError, match=r"allocate='global_gradient'.*fixed at N/M"):
+        gj.redistribute(
+            params, masks, grads, key, method=gj.ggr()._replace(nm_group=4), fraction=0.3
+        )
+    with pytest.raises(ValueError, match=r"method.nm_group must be a positive int or None, got 0"):
+        gj.redistribute(params, masks, grads, key, method=method._replace(nm_group=0), fraction=0.3)
+    with pytest.raises(ValueError, match=r"method.nm_group=4 but m=8"):
+        gj.nm_redistribute(params, masks, grads, key, method=method, fraction=0.3, m=8)
+
+
+def test_dynamic_sparse_keeps_n_m(getkey):
+    masks = gj.nm_random_masks(PARAMS, n=1, m=4, key=getkey())
+    params = gj.apply_masks(jax.tree.map(lambda p: jnp.ones(p.shape), PARAMS), masks)
+    tx = gj.dynamic_sparse(
+        optax.sgd(0.1),
+        masks,
+        key=getkey(),
+        method=gj.set_()._replace(nm_group=4),
+        update_every=2,
+        end_step=20,
+        drop_fraction=0.5,
+    )
+    state = tx.init(params)
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    changed = False
+    for i in range(8):
+        k_grad = getkey()
+        grads = jax.tree.map(lambda p, k=k_grad: jax.random.normal(k, p.shape), PARAMS)
+        updates, state = step(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        new = gj.get_masks(state)
+        for leaf in ("dense", "conv", "out"):
+            assert (group_counts(new[leaf], 4) == 1).all(), (i, leaf)
+        changed |= any(
+            bool((a != b).any())
+            for a, b in zip(jax.tree.leaves(masks), jax.tree.leaves(new), strict=True)
+        )
+        masks = new
+    assert changed
