@@ -63,43 +63,7 @@ GRIDS = {
     ),
 }
 
-# Issue 5's reproduction study on a 2-core CPU (`python -m experiments.study` runs all of them and
-# writes docs/results.md). Every method gets the same budget: epochs, schedule, delta_t, alpha.
-GRIDS["study_lenet300"] = dict(
-    config="fashion_mnist_lenet300",
-    methods=ALL_METHODS,
-    inits=("uniform", "erk"),
-    sparsities=(0.9, 0.95, 0.98, 0.99),
-    seeds=(0, 1, 2),
-    overrides={"num_epochs": 5, "ggr_rho": 0.5},
-)
-GRIDS["study_lenet5"] = dict(
-    config="fashion_mnist_lenet5",
-    methods=ALL_METHODS,
-    inits=("uniform", "erk"),
-    sparsities=(0.95, 0.98),
-    seeds=(0, 1),
-    overrides={"num_epochs": 1, "delta_t": 50, "ggr_rho": 0.5},
-)
-# GGR's open choices, one at a time against the defaults (rho 0.5, no normalisation, batch
-# gradient, one active weight per output unit), at 98% sparsity.
-STUDY_ABLATIONS = {
-    "study_ggr_rho0": {"ggr_rho": 0.0},
-    "study_ggr_rho1": {"ggr_rho": 1.0},
-    "study_ggr_norm_l2": {"ggr_normalize": "l2"},
-    "study_ggr_accumulated": {"ggr_signal": "accumulated"},
-    "study_ggr_min1": {"min_active": 1},
-}
-for _name, _override in STUDY_ABLATIONS.items():
-    GRIDS[_name] = dict(
-        config="fashion_mnist_lenet300",
-        methods=("ggr",),
-        inits=("uniform", "erk"),
-        sparsities=(0.98,),
-        seeds=(0, 1, 2),
-        overrides={"num_epochs": 5, "ggr_rho": 0.5, **_override},
-    )
-STUDY = ("study_lenet300", "study_lenet5", *STUDY_ABLATIONS)
+# The study grids (v2, issue 9) live in experiments/configs/study.py: `python -m experiments.study`.
 
 
 def get_grid(name: str) -> dict:
