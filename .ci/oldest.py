@@ -1,6 +1,6 @@
 """Prints ``name==lower-bound`` for the named core dependencies of pyproject.toml (and jaxlib).
 
-Usage: ``python .ci/oldest.py pyproject.toml jax optax numpy`` -> ``jax==0.4.38 jaxlib==0.4.38
+Usage: ``python .ci/oldest.py pyproject.toml jax optax numpy`` -> ``jax==0.6.0 jaxlib==0.6.0
 optax==0.2.4 numpy==1.26``. Refuses a dependency without a ``>=`` lower bound.
 """
 
