@@ -36,6 +36,7 @@ from ggr_jax._tree import (
     PyTree,
     check_like,
     check_masks,
+    check_scalar,
     check_unit_interval,
     is_concrete,
     leaves_with_paths,
@@ -447,8 +448,9 @@ def redistribute(
         what regrowth looks at), or any per-weight signal of the same structure.
       key: PRNG key for random placement.
       method: a :class:`Method`, e.g. ``ggr()``, ``rigl()``, ``set_()``, ``snfs()``, ``static()``.
-      fraction: share of each layer's active weights to drop, in [0, 1]; may be traced (e.g.
-        from an optax schedule), in which case it is clipped to [0, 1].
+      fraction: share of each layer's active weights to drop, a scalar in [0, 1] (an array
+        raises); may be traced (e.g. from an optax schedule), in which case it is clipped to
+        [0, 1].
       min_active: fewest active weights a layer keeps in total (a per-layer count): an int, a
         callable ``(path, shape) -> int``, or ``None`` for ``shape[-1]`` (as many as the layer
         has output units in Flax's ``(in, out)`` layout; it does not keep one weight in *each*
@@ -477,6 +479,7 @@ def redistribute(
     check_method(method)
     check_masks(params, masks)
     check_like(params, grads, name="grads")
+    check_scalar(fraction, name="fraction")
     check_unit_interval(fraction, name="fraction")
     if method.needs_momentum:
         if momentum is None:

@@ -7,11 +7,14 @@ live in the state of :func:`dynamic_sparse`, which also runs the topology update
 
 from __future__ import annotations
 
+import functools
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -19,7 +22,14 @@ from ggr_jax._masks import apply_masks
 from ggr_jax._methods import Method
 from ggr_jax._optimizer_state import reset_optimizer_state
 from ggr_jax._redistribute import check_method, redistribute
-from ggr_jax._tree import PyTree, check_masks, check_unit_interval, map_sparse
+from ggr_jax._tree import (
+    PyTree,
+    check_masks,
+    check_unit_interval,
+    is_concrete,
+    leaves_with_paths,
+    map_sparse,
+)
 
 
 def _masking(what: str) -> optax.GradientTransformationExtraArgs:
@@ -174,6 +184,69 @@ def _schedule(x: float | optax.Schedule) -> optax.Schedule:
     return optax.constant_schedule(x)
 
 
+_OFF_MASK_ADVICE = (
+    "A transform after dynamic_sparse in an optax.chain changed its updates (e.g. "
+    "scale_by_learning_rate, clip_by_global_norm, add_decayed_weights), or the params were not "
+    "masked (apply_masks) before init, or its updates were not applied as they are. Put every "
+    "transform inside it: dynamic_sparse(optax.chain(...), masks, ...)"
+)
+
+
+def _off_mask_message(names, counts, worst) -> str:
+    bad = [
+        f"{n!r}: {int(c)} weights, max |w| {float(w):.3g}"
+        for n, c, w in zip(names, counts, worst, strict=True)
+        if c
+    ]
+    return f"dynamic_sparse: params are nonzero outside the masks ({'; '.join(bad)}). " + (
+        _OFF_MASK_ADVICE
+    )
+
+
+def _raise_off_mask(names, counts, worst) -> None:
+    raise ValueError(_off_mask_message(names, counts, worst))
+
+
+def _check_on_masks(params: PyTree, masks: PyTree) -> None:
+    """Raises if a sparsified param is nonzero outside its mask: now when params are concrete,
+    else when the compiled step runs (a host callback under ``lax.cond``, taken only then)."""
+    paths, m_leaves, _ = leaves_with_paths(masks)
+    _, p_leaves, _ = leaves_with_paths(params)
+    sparse = [
+        (path, m, p) for path, m, p in zip(paths, m_leaves, p_leaves, strict=True) if m is not None
+    ]
+    if not sparse:
+        return
+    names = tuple(path for path, _, _ in sparse)
+    if all(is_concrete(p) and is_concrete(m) for _, m, p in sparse):
+        counts = [int(np.sum((np.asarray(p) != 0) & ~np.asarray(m))) for _, m, p in sparse]
+        if any(counts):
+            worst = [float(np.max(np.abs(np.where(m, 0, p)), initial=0)) for _, m, p in sparse]
+            _raise_off_mask(names, counts, worst)
+        return
+    counts = jnp.stack([jnp.sum((p != 0) & ~m, dtype=jnp.int32) for _, m, p in sparse])
+    worst = jnp.stack(
+        [
+            jnp.max(jnp.where(m, 0, jnp.abs(p)).astype(jnp.float32), initial=0.0)
+            for _, m, p in sparse
+        ]
+    )
+    lax.cond(
+        jnp.any(counts > 0),
+        lambda c, w: jax.debug.callback(functools.partial(_raise_off_mask, names), c, w),
+        lambda c, w: None,
+        counts,
+        worst,
+    )
+
+
+def _check_int(value: Any, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        kind = "a positive" if low == 1 else "a non-negative"
+        raise ValueError(f"{name} must be {kind} int, got {value!r}")
+    return int(value)
+
+
 def dynamic_sparse(
     inner: optax.GradientTransformation,
     masks: PyTree,
@@ -185,6 +258,7 @@ def dynamic_sparse(
     drop_fraction: float | optax.Schedule = 0.3,
     min_active: int | Callable[[str, tuple[int, ...]], int] | None = None,
     momentum_decay: float = 0.9,
+    check_params: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Wraps an optimizer into dynamic sparse training with the topology update on schedule.
 
@@ -192,6 +266,16 @@ def dynamic_sparse(
     below ``end_step`` it also runs :func:`redistribute` (under ``lax.cond``) on the params after
     this step's update, returns updates that land the params exactly on the new masks, and resets
     the optimizer state of pruned and regrown weights. Masks, key and step live in the state.
+
+    **It must be the last transform**: its updates keep the params exactly 0 outside the masks
+    only if they reach ``optax.apply_updates`` unchanged. Put the learning rate, clipping and
+    weight decay inside it (``dynamic_sparse(optax.chain(optax.clip_by_global_norm(1.0),
+    optax.adamw(1e-3)), ...)``), never after it in a chain: a later transform scales or shifts
+    the updates that prune weights, and they stay nonzero outside the masks. With
+    ``check_params`` (default) every update checks that the params it receives are 0 outside
+    the masks and raises ``ValueError`` naming the leaves if not: at ``init`` and on concrete
+    params at once, under ``jit`` as an error when the step runs (a host callback that runs only
+    then; the check itself is one fused reduction over the sparse params).
 
     Args:
       inner: any optax optimizer (it sees masked gradients).
@@ -205,6 +289,8 @@ def dynamic_sparse(
       min_active: per-layer floor, see :func:`redistribute`.
       momentum_decay: decay of the gradient EMA kept for ``snfs()`` and for
         ``signal="ema"``.
+
+      check_params: check that the params are 0 outside the masks at every update (see above).
 
     Returns:
       A ``GradientTransformationExtraArgs``; ``update`` needs ``params``. Read the masks with
@@ -225,10 +311,8 @@ def dynamic_sparse(
       >>> int(gj.get_masks(state)["w"].sum())
       16
     """
-    if not isinstance(update_every, int) or update_every < 1:
-        raise ValueError(f"update_every must be a positive int, got {update_every!r}")
-    if not isinstance(end_step, int) or end_step < 0:
-        raise ValueError(f"end_step must be a non-negative int, got {end_step!r}")
+    update_every = _check_int(update_every, "update_every", 1)  # numpy ints are ints too
+    end_step = _check_int(end_step, "end_step", 0)
     check_unit_interval(momentum_decay, name="momentum_decay")
     check_method(method)
     fraction_at = _schedule(drop_fraction)
@@ -239,6 +323,8 @@ def dynamic_sparse(
 
     def init_fn(params):
         check_masks(params, masks)
+        if check_params:
+            _check_on_masks(params, masks)
         signal = map_sparse(lambda m: jnp.zeros(m.shape, jnp.float32), masks) if uses_signal else ()
         zero = map_sparse(lambda m: jnp.zeros((), jnp.int32), masks)
         info = {
@@ -262,6 +348,8 @@ def dynamic_sparse(
         if params is None:
             raise ValueError("dynamic_sparse needs params: call tx.update(grads, state, params)")
         masks_now = state.masks
+        if check_params:
+            _check_on_masks(params, masks_now)
         updates, inner_state = inner.update(
             apply_masks(grads, masks_now), state.inner_state, params, **extra_args
         )

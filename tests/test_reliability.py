@@ -112,3 +112,117 @@ def test_masks_of_an_erk_init_match_its_counts():
     masks = gj.random_masks(P, d, jax.random.key(0))
     assert {k: int(m.sum()) for k, m in masks.items()} == _counts(d, P)
     assert np.isclose(float(gj.global_density(masks)), 0.1, atol=1e-4)
+
+
+def _sparse_setup():
+    params = {"w": jax.random.normal(jax.random.key(0), (16, 8)), "b": jnp.zeros(8)}
+    masks = gj.random_masks(params, gj.uniform_densities(params, 0.5), jax.random.key(0))
+    return gj.apply_masks(params, masks), masks
+
+
+def _train(tx, params, steps=8):
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.tree.map(lambda p: jnp.cos(p) + 0.1, params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(steps):
+        params, state = step(params, state)
+        jax.block_until_ready(params)
+    return params, state
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        lambda: optax.scale_by_learning_rate(1e-2),
+        lambda: optax.clip_by_global_norm(1e-3),
+        lambda: optax.add_decayed_weights(0.1),
+    ],
+    ids=["scale_by_learning_rate", "clip_by_global_norm", "add_decayed_weights"],
+)
+def test_a_transform_after_dynamic_sparse_is_an_error(after):
+    """Issue 10 item 2: after 8 steps 19 weights were nonzero outside get_masks(state)."""
+    params, masks = _sparse_setup()
+    sparse = gj.dynamic_sparse(
+        optax.scale_by_adam(),
+        masks,
+        key=jax.random.key(1),
+        method=gj.rigl(),
+        update_every=2,
+        end_step=10,
+    )
+    with pytest.raises(
+        jax.errors.JaxRuntimeError, match=r"params are nonzero outside the masks \('w': \d+ weights"
+    ):
+        _train(optax.chain(sparse, after()), params)
+
+
+def test_every_transform_inside_dynamic_sparse_keeps_params_on_the_masks():
+    params, masks = _sparse_setup()
+    inner = optax.chain(
+        optax.clip_by_global_norm(1e-3),
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(0.1),
+        optax.scale_by_learning_rate(1e-2),
+    )
+    tx = gj.dynamic_sparse(
+        inner, masks, key=jax.random.key(1), method=gj.rigl(), update_every=2, end_step=10
+    )
+    params, state = _train(tx, params)
+    final = gj.get_masks(state)["w"]
+    assert not bool(jnp.any((params["w"] != 0) & ~final))
+    assert bool(jnp.any(final != masks["w"]))  # the topology did change
+
+
+def test_dynamic_sparse_refuses_unmasked_params_at_init():
+    params, masks = _sparse_setup()
+    tx = gj.dynamic_sparse(
+        optax.sgd(0.1), masks, key=jax.random.key(1), method=gj.rigl(), update_every=2, end_step=10
+    )
+    unmasked = {"w": jnp.ones((16, 8)), "b": jnp.zeros(8)}
+    with pytest.raises(ValueError, match=r"\('w': 64 weights, max \|w\| 1\)"):
+        tx.init(unmasked)
+    tx.init(params)  # masked: fine
+
+
+def test_dynamic_sparse_accepts_numpy_ints():
+    params, masks = _sparse_setup()
+    tx = gj.dynamic_sparse(
+        optax.sgd(0.1),
+        masks,
+        key=jax.random.key(1),
+        method=gj.rigl(),
+        update_every=np.int64(2),
+        end_step=np.int32(10),
+    )
+    _train(tx, params, steps=3)
+    for bad in (True, 2.0, np.float32(2), 0):
+        with pytest.raises(ValueError, match="update_every must be a positive int"):
+            gj.dynamic_sparse(
+                optax.sgd(0.1),
+                masks,
+                key=jax.random.key(1),
+                method=gj.rigl(),
+                update_every=bad,
+                end_step=10,
+            )
+
+
+def test_an_array_fraction_is_refused():
+    params, masks = _sparse_setup()
+    grads = jax.tree.map(jnp.ones_like, params)
+    fraction = jnp.array([0.1, 0.5])
+    with pytest.raises(ValueError, match=r"fraction must be a scalar, got shape \(2,\)"):
+        gj.redistribute(
+            params, masks, grads, jax.random.key(0), method=gj.rigl(), fraction=fraction
+        )
+    with pytest.raises(ValueError, match=r"fraction must be a scalar, got shape \(2,\)"):
+        jax.jit(
+            lambda f: gj.redistribute(
+                params, masks, grads, jax.random.key(0), method=gj.rigl(), fraction=f
+            )
+        )(fraction)
