@@ -1,9 +1,10 @@
 """The train state and the pure train / eval steps (jitted by the caller).
 
 The masks live in the train state next to the params. A topology update at step t (see
-`methods.is_update_step`) runs before that step's optimizer update and uses the same batch gradient
-(or the signal accumulated since the last update, or SNFS's gradient EMA): redistribute -> reset the optimizer state of
-pruned and regrown weights -> masked optimizer step with the new masks.
+`methods.is_update_step`) runs before that step's optimizer update and uses the same batch
+gradient (or the signal accumulated since the last update, or SNFS's gradient EMA): redistribute
+-> reset the optimizer state of pruned and regrown weights -> masked optimizer step with the new
+masks.
 """
 
 import functools

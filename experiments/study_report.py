@@ -48,16 +48,22 @@ def _rows_of(rows: list[dict], grid: spec.Grid) -> list[dict]:
 
 
 def _preregistration() -> str:
-    lines = ["## Pre-registration", "",
-             "Fixed in `experiments/configs/study.py` before the runs (this section is generated "
-             "from it).", ""]
+    lines = [
+        "## Pre-registration",
+        "",
+        "Fixed in `experiments/configs/study.py` before the runs (this section is generated "
+        "from it).",
+        "",
+    ]
     for name in (n for n in spec.ORDER if n in spec.GRIDS):
         g = spec.GRIDS[name]
         arms = ", ".join(f"`{a.name}`" for a in g.arms)
         sparsity = ", ".join(f"{100 * s:g} %" for s in g.sparsities)
-        lines.append(f"- **{name}** ({g.split} split) — {g.question} — arms {arms}; inits "
-                     f"{'/'.join(g.inits)}; sparsity {sparsity}; {'/'.join(map(str, g.epochs))} "
-                     f"epochs; seeds {', '.join(map(str, g.seeds))}.")
+        lines.append(
+            f"- **{name}** ({g.split} split) — {g.question} — arms {arms}; inits "
+            f"{'/'.join(g.inits)}; sparsity {sparsity}; {'/'.join(map(str, g.epochs))} "
+            f"epochs; seeds {', '.join(map(str, g.seeds))}."
+        )
     base = "; ".join(f"{k}: **{v}**" for k, v in spec.BASELINES.items())
     lines += [
         "",
@@ -89,8 +95,19 @@ def _distinct(rows: list[dict], col: str, fmt: str) -> str:
 
 
 def _setup(rows: list[dict]) -> str:
-    head = ["grid", "model", "epochs", "batch", "optimizer, lr", "Δt", "drop", "end",
-            "validation", "topology updates", "lr at last update"]
+    head = [
+        "grid",
+        "model",
+        "epochs",
+        "batch",
+        "optimizer, lr",
+        "Δt",
+        "drop",
+        "end",
+        "validation",
+        "topology updates",
+        "lr at last update",
+    ]
     body = []
     for name in (n for n in spec.ORDER if n in spec.GRIDS):
         g = spec.GRIDS[name]
@@ -98,20 +115,35 @@ def _setup(rows: list[dict]) -> str:
         model = c.model + (f" {'-'.join(map(str, c.hidden))}" if c.model == "mlp" else "")
         for e in g.epochs:
             rs = [r for r in _rows_of(rows, g) if int(r["epochs"]) == e]
-            body.append([
-                name, f"{model} ({c.dataset})", str(e), str(c.batch_size),
-                f"{c.optimizer} m={c.momentum}, {c.learning_rate} {c.lr_schedule}, "
-                f"wd {c.weight_decay}", str(c.delta_t), str(c.drop_fraction),
-                str(c.end_fraction), f"{c.validation_size} (seed {c.validation_seed})",
-                _distinct(rs, "n_updates", ".0f"), _distinct(rs, "lr_at_last_update", ".2g")])
+            body.append(
+                [
+                    name,
+                    f"{model} ({c.dataset})",
+                    str(e),
+                    str(c.batch_size),
+                    f"{c.optimizer} m={c.momentum}, {c.learning_rate} {c.lr_schedule}, "
+                    f"wd {c.weight_decay}",
+                    str(c.delta_t),
+                    str(c.drop_fraction),
+                    str(c.end_fraction),
+                    f"{c.validation_size} (seed {c.validation_seed})",
+                    _distinct(rs, "n_updates", ".0f"),
+                    _distinct(rs, "lr_at_last_update", ".2g"),
+                ]
+            )
     c = _config(spec.GRIDS["A"])
     ggr = ", ".join(f"{k.removeprefix('ggr_')} {c[k]}" for k in c if k.startswith("ggr_"))
-    return "## Setup\n\n" + st.md_table(head, body) + (
-        "\n\nThe same config, seeds, data order and budget for every method of a grid; "
-        "the last two columns are read from the runs (sparse methods; '–': no runs yet). "
-        f"Arm `ggr` runs the config's GGR fields (at the commit of this report: {ggr}, "
-        f"EMA decay {c.signal_decay}); the other GGR arms override them as listed in "
-        "runs.csv's `overrides` column.")
+    return (
+        "## Setup\n\n"
+        + st.md_table(head, body)
+        + (
+            "\n\nThe same config, seeds, data order and budget for every method of a grid; "
+            "the last two columns are read from the runs (sparse methods; '–': no runs yet). "
+            f"Arm `ggr` runs the config's GGR fields (at the commit of this report: {ggr}, "
+            f"EMA decay {c.signal_decay}); the other GGR arms override them as listed in "
+            "runs.csv's `overrides` column."
+        )
+    )
 
 
 # --- final grids ------------------------------------------------------------------------------
@@ -139,8 +171,9 @@ def _accuracy_table(rows: list[dict], g: spec.Grid) -> str:
         for i in g.inits:
             name = f"**{arm.name}**" if arm.name == "ggr" else arm.name
             body.append([name, i, *(cell(accs.get((arm.name, (i, s, e)))) for s, e in cols)])
-    return (f"Test accuracy %, mean ± std (n seeds of {need}):\n\n"
-            + st.md_table(["arm", "init", *(_col(g, s, e) for s, e in cols)], body))
+    return f"Test accuracy %, mean ± std (n seeds of {need}):\n\n" + st.md_table(
+        ["arm", "init", *(_col(g, s, e) for s, e in cols)], body
+    )
 
 
 def _differences_table(rows: list[dict], g: spec.Grid) -> str:
@@ -149,11 +182,15 @@ def _differences_table(rows: list[dict], g: spec.Grid) -> str:
     body = []
     for base in spec.BASELINES.values():
         for i in g.inits:
-            by = {(c.cell[1], c.cell[2]): c.result for c in comps
-                  if c.comparator == base and c.cell[0] == i}
+            by = {
+                (c.cell[1], c.cell[2]): c.result
+                for c in comps
+                if c.comparator == base and c.cell[0] == i
+            }
             body.append([f"ggr − {base}", i, *(_ci(by[k]) for k in cols)])
-    return ("Paired differences (pp), mean [95 % CI] verdict:\n\n"
-            + st.md_table(["comparison", "init", *(_col(g, s, e) for s, e in cols)], body))
+    return "Paired differences (pp), mean [95 % CI] verdict:\n\n" + st.md_table(
+        ["comparison", "init", *(_col(g, s, e) for s, e in cols)], body
+    )
 
 
 def _gap_table(rows: list[dict], g: spec.Grid) -> str:
@@ -167,8 +204,10 @@ def _gap_table(rows: list[dict], g: spec.Grid) -> str:
     for base in spec.BASELINES.values():
         by = {(c.cell[1], c.cell[2]): c.result for c in comps if c.comparator == base}
         body.append([f"gap ggr − gap {base}", *(_ci(by[k]) for k in cols)])
-    return ("Uniform-vs-ERK gap acc(ERK) − acc(uniform) per seed (pp), mean [95 % CI]:\n\n"
-            + st.md_table(["", *(_col(g, s, e) for s, e in cols)], body))
+    return (
+        "Uniform-vs-ERK gap acc(ERK) − acc(uniform) per seed (pp), mean [95 % CI]:\n\n"
+        + st.md_table(["", *(_col(g, s, e) for s, e in cols)], body)
+    )
 
 
 def _layer_table(rows: list[dict], g: spec.Grid, s: float, e: int) -> str:
@@ -182,8 +221,10 @@ def _layer_table(rows: list[dict], g: spec.Grid, s: float, e: int) -> str:
             sel = [json.loads(r["layer_active"]) for r in rs if (r["arm"], r["init"]) == (arm, i)]
             if sel:
                 body.append([arm, i, *(f"{np.mean([a[k] for a in sel]):.0f}" for k in size)])
-    return (f"Final active weights per layer at {_col(g, s, e)} (mean over seeds):\n\n"
-            + st.md_table(["arm", "init", *size], body))
+    return (
+        f"Final active weights per layer at {_col(g, s, e)} (mean over seeds):\n\n"
+        + st.md_table(["arm", "init", *size], body)
+    )
 
 
 def _flops_table(rows: list[dict], g: spec.Grid) -> str:
@@ -193,15 +234,22 @@ def _flops_table(rows: list[dict], g: spec.Grid) -> str:
         for i in g.inits:
             vals = []
             for s, e in cols:
-                rs = [r for r in _rows_of(rows, g) if (r["arm"], r["init"]) == (arm, i)
-                      and float(r["sparsity"]) == s and int(r["epochs"]) == e]
+                rs = [
+                    r
+                    for r in _rows_of(rows, g)
+                    if (r["arm"], r["init"]) == (arm, i)
+                    and float(r["sparsity"]) == s
+                    and int(r["epochs"]) == e
+                ]
                 inf = np.mean([float(r["flops_ratio"]) for r in rs]) if rs else None
                 tr = np.mean([float(r["training_flops_ratio"]) for r in rs]) if rs else None
                 vals.append("–" if inf is None else f"{inf:.4f} / {tr:.4f}")
             body.append([arm, i, *vals])
-    return ("FLOPs relative to dense, inference / training (RigL's accounting: dense gradients "
-            "at each update, every step for SNFS; mean over seeds):\n\n"
-            + st.md_table(["arm", "init", *(_col(g, s, e) for s, e in cols)], body))
+    return (
+        "FLOPs relative to dense, inference / training (RigL's accounting: dense gradients "
+        "at each update, every step for SNFS; mean over seeds):\n\n"
+        + st.md_table(["arm", "init", *(_col(g, s, e) for s, e in cols)], body)
+    )
 
 
 def _grid_section(rows: list[dict], g: spec.Grid, figs: str) -> str:
@@ -210,8 +258,14 @@ def _grid_section(rows: list[dict], g: spec.Grid, figs: str) -> str:
         return "\n".join(parts + ["No runs yet."])
     best = [(c, st.best_arm(rows, g, c)) for c in st.grid_cells(g)]
     best = "; ".join(f"{_col(g, s, e)} {i}: {b}" for (i, s, e), b in best if b)
-    parts += [_accuracy_table(rows, g), "", f"Highest mean per cell (context, not a verdict): "
-              f"{best}.", "", _differences_table(rows, g), ""]
+    parts += [
+        _accuracy_table(rows, g),
+        "",
+        f"Highest mean per cell (context, not a verdict): {best}.",
+        "",
+        _differences_table(rows, g),
+        "",
+    ]
     if set(g.inits) >= {"uniform", "erk"}:
         parts += [_gap_table(rows, g), ""]
     for e in g.epochs:
@@ -234,13 +288,25 @@ def _figures(rows: list[dict], g: spec.Grid, figs: str) -> list[tuple[str, str]]
     runs = {}
     for i in g.inits:
         for arm in ("ggr", *spec.BASELINES.values()):
-            sel = sorted((r for r in rs if (r["arm"], r["init"], int(r["epochs"])) == (arm, i, e)
-                          and float(r["sparsity"]) == s), key=lambda r: int(r["seed"]))
+            sel = sorted(
+                (
+                    r
+                    for r in rs
+                    if (r["arm"], r["init"], int(r["epochs"])) == (arm, i, e)
+                    and float(r["sparsity"]) == s
+                ),
+                key=lambda r: int(r["seed"]),
+            )
             if sel:
                 size = json.loads(sel[0]["layer_size"])
-                recs = [{"type": "topology", "step": step,
-                         "density": {k: a / size[k] for k, a in zip(size, act, strict=True)}}
-                        for step, act in json.loads(sel[0]["active_over_time"])]
+                recs = [
+                    {
+                        "type": "topology",
+                        "step": step,
+                        "density": {k: a / size[k] for k, a in zip(size, act, strict=True)},
+                    }
+                    for step, act in json.loads(sel[0]["active_over_time"])
+                ]
                 runs[f"{arm}, {i}, {100 * s:g} %, seed {sel[0]['seed']}"] = recs
     if runs:
         path = os.path.join(figs, f"{g.name}_density_over_time.png")
@@ -250,8 +316,15 @@ def _figures(rows: list[dict], g: spec.Grid, figs: str) -> list[tuple[str, str]]
     for (arm, (i, sp, ep)), v in sorted(accs.items()):
         if arm != "dense" and ep == e and v:
             x = list(v.values())
-            summary.append({"method": arm, "init": i, "sparsity": sp, "mean": np.mean(x),
-                            "std": np.std(x, ddof=1) if len(x) > 1 else 0.0})
+            summary.append(
+                {
+                    "method": arm,
+                    "init": i,
+                    "sparsity": sp,
+                    "mean": np.mean(x),
+                    "std": np.std(x, ddof=1) if len(x) > 1 else 0.0,
+                }
+            )
     if summary:
         path = os.path.join(figs, f"{g.name}_accuracy_vs_sparsity.png")
         out.append(("accuracy vs sparsity", plots.accuracy_vs_sparsity(summary, path)))
@@ -266,15 +339,22 @@ def _final_density(rs: list[dict], g: spec.Grid, s: float, e: int, path: str) ->
 
     fig, axes = plt.subplots(1, len(g.inits), figsize=(5.5 * len(g.inits), 3.8), squeeze=False)
     for ax, init in zip(axes[0], g.inits, strict=True):
-        sel = [r for r in rs if r["init"] == init and float(r["sparsity"]) == s
-               and int(r["epochs"]) == e]
+        sel = [
+            r
+            for r in rs
+            if r["init"] == init and float(r["sparsity"]) == s and int(r["epochs"]) == e
+        ]
         arms = [a.name for a in g.arms if any(r["arm"] == a.name for r in sel)]
         size = json.loads(sel[0]["layer_size"]) if sel else {}
         width = 0.8 / max(len(arms), 1)
         for j, arm in enumerate(arms):
             act = [json.loads(r["layer_active"]) for r in sel if r["arm"] == arm]
-            ax.bar(np.arange(len(size)) + j * width,
-                   [np.mean([a[k] for a in act]) / size[k] for k in size], width, label=arm)
+            ax.bar(
+                np.arange(len(size)) + j * width,
+                [np.mean([a[k] for a in act]) / size[k] for k in size],
+                width,
+                label=arm,
+            )
         ax.set_xticks(np.arange(len(size)) + 0.4 - width / 2, list(size), rotation=30, fontsize=7)
         ax.set_yscale("log")
         ax.set_title(f"{g.name}: final density, {init}, {100 * s:g} %", fontsize=9)
@@ -291,8 +371,10 @@ def _final_density(rs: list[dict], g: spec.Grid, s: float, e: int, path: str) ->
 
 
 def _cells_text(comps: list[st.Comparison]) -> str:
-    return "; ".join(f"{100 * c.cell[1]:g} % {c.cell[0]} vs {c.comparator}: {_ci(c.result, ' pp')}"
-                     for c in comps)
+    return "; ".join(
+        f"{100 * c.cell[1]:g} % {c.cell[0]} vs {c.comparator}: {_ci(c.result, ' pp')}"
+        for c in comps
+    )
 
 
 def _claim_a(rows: list[dict]) -> str:
@@ -303,16 +385,21 @@ def _claim_a(rows: list[dict]) -> str:
     text = f"**Claim (a), grid A: {status}.** "
     if status == "holds":
         low = min(c.result.lo for c in comps if c.result.verdict != "untestable")
-        text += (f"GGR's defaults are at least as good as {' and '.join(spec.BASELINES.values())} "
-                 f"in every cell (lowest lower bound {100 * low:+.2f} pp).")
+        text += (
+            f"GGR's defaults are at least as good as {' and '.join(spec.BASELINES.values())} "
+            f"in every cell (lowest lower bound {100 * low:+.2f} pp)."
+        )
     elif status == "does not hold":
         pend = sum(c.result.verdict.startswith("pending") for c in comps)
         best = {c.cell: st.best_arm(rows, g, c.cell) for c in comps}
-        text += (f"GGR's defaults are not shown at least as good in {len(which)} of "
-                 f"{len(comps)} comparisons: {_cells_text(which)}."
-                 + (f" ({pend} comparisons still pending.)" if pend else "")
-                 + " Best method per cell (highest mean test accuracy): "
-                 + "; ".join(f"{100 * c[1]:g} % {c[0]}: {b}" for c, b in best.items()) + ".")
+        text += (
+            f"GGR's defaults are not shown at least as good in {len(which)} of "
+            f"{len(comps)} comparisons: {_cells_text(which)}."
+            + (f" ({pend} comparisons still pending.)" if pend else "")
+            + " Best method per cell (highest mean test accuracy): "
+            + "; ".join(f"{100 * c[1]:g} % {c[0]}: {b}" for c, b in best.items())
+            + "."
+        )
     else:
         text += f"{len(which)} of {len(comps)} comparisons lack seeds."
     if dead:
@@ -326,11 +413,16 @@ def _claim_b(rows: list[dict]) -> str:
     text = f"**Claim (b), grid A: {status}.** gap(GGR) − gap(comparator) per sparsity: "
     if all(c.result.n == 0 for c in comps):
         return text + "no paired seeds yet."
-    text += "; ".join(f"{100 * c.cell[1]:g} % vs {c.comparator}: {_ci(c.result, ' pp')}"
-                      for c in comps) + "."
+    text += (
+        "; ".join(f"{100 * c.cell[1]:g} % vs {c.comparator}: {_ci(c.result, ' pp')}" for c in comps)
+        + "."
+    )
     if status == "does not hold":
-        text += (" GGR's gap is not shown to be no larger in: "
-                 + ", ".join(f"{100 * c.cell[1]:g} % vs {c.comparator}" for c in which) + ".")
+        text += (
+            " GGR's gap is not shown to be no larger in: "
+            + ", ".join(f"{100 * c.cell[1]:g} % vs {c.comparator}" for c in which)
+            + "."
+        )
     return text
 
 
@@ -345,13 +437,24 @@ def _provenance(rows: list[dict]) -> str:
             warn.append("**warning: runs from a working tree with uncommitted changes**")
         if len(commits) > 1:
             warn.append("**warning: the grid's runs come from different commits**")
-        lines.append(f"- {name}: {', '.join(f'`{c}`' for c in commits)}"
-                     + (" — " + "; ".join(warn) if warn else ""))
+        lines.append(
+            f"- {name}: {', '.join(f'`{c}`' for c in commits)}"
+            + (" — " + "; ".join(warn) if warn else "")
+        )
     head = study_runs.git_commit()
-    lines += ["", f"This report was built at `{head}`; rows from another commit are from older "
-              "code (rerun them, or read their tables as from that commit)."]
-    lines += ["", "Rebuild everything (resumable; a run already in runs.csv is never redone):",
-              "", "```", *COMMANDS, "```"]
+    lines += [
+        "",
+        f"This report was built at `{head}`; rows from another commit are from older "
+        "code (rerun them, or read their tables as from that commit).",
+    ]
+    lines += [
+        "",
+        "Rebuild everything (resumable; a run already in runs.csv is never redone):",
+        "",
+        "```",
+        *COMMANDS,
+        "```",
+    ]
     return "\n".join(lines)
 
 

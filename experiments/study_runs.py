@@ -34,19 +34,32 @@ def cells(grid: spec.Grid) -> Iterator[dict]:
         for epochs in grid.epochs:
             for arm in grid.arms:
                 if arm.method == "dense":
-                    yield dict(grid=grid.name, arm=arm, init="-", sparsity=0.0, seed=seed,
-                               epochs=epochs)
+                    yield dict(
+                        grid=grid.name, arm=arm, init="-", sparsity=0.0, seed=seed, epochs=epochs
+                    )
                     continue
                 for init in grid.inits:
                     for sparsity in grid.sparsities:
-                        yield dict(grid=grid.name, arm=arm, init=init, sparsity=sparsity,
-                                   seed=seed, epochs=epochs)
+                        yield dict(
+                            grid=grid.name,
+                            arm=arm,
+                            init=init,
+                            sparsity=sparsity,
+                            seed=seed,
+                            epochs=epochs,
+                        )
 
 
 def key(row: dict) -> tuple:
     arm = row["arm"].name if isinstance(row["arm"], spec.Arm) else row["arm"]
-    return (row["grid"], arm, row["init"], f"{float(row['sparsity']):g}", int(row["seed"]),
-            int(row["epochs"]))
+    return (
+        row["grid"],
+        arm,
+        row["init"],
+        f"{float(row['sparsity']):g}",
+        int(row["seed"]),
+        int(row["epochs"]),
+    )
 
 
 def read_rows(path: str) -> list[dict]:
@@ -76,9 +89,21 @@ def run_name(cell: dict) -> str:
 
 def command(grid: spec.Grid, cell: dict, run_dir: str) -> list[str]:
     arm = cell["arm"]
-    cmd = [sys.executable, "-m", "experiments.train", "--config", grid.config, "--workdir",
-           run_dir, "--no-progress", "--method", arm.method, "--seed", str(cell["seed"]),
-           f"--num_epochs={cell['epochs']}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "--config",
+        grid.config,
+        "--workdir",
+        run_dir,
+        "--no-progress",
+        "--method",
+        arm.method,
+        "--seed",
+        str(cell["seed"]),
+        f"--num_epochs={cell['epochs']}",
+    ]
     if arm.method != "dense":
         cmd += ["--init", cell["init"], f"--sparsity={cell['sparsity']!r}"]
     for name, value in (*spec.COMMON.items(), *grid.overrides, *arm.overrides):
@@ -114,14 +139,31 @@ def row(grid: spec.Grid, cell: dict, run_dir: str, commit: str) -> dict:
     init = next(r for r in records if r["type"] == "init")
     out = {c: "" for c in COLUMNS}
     out.update(
-        grid=grid.name, arm=cell["arm"].name, method=cell["arm"].method, init=cell["init"],
-        sparsity=f"{cell['sparsity']:g}", seed=cell["seed"], epochs=cell["epochs"],
-        split=grid.split, commit=commit, overrides=json.dumps(dict(cell["arm"].overrides)),
-        layer_size=json.dumps(init["size"]), layer_active=json.dumps(res["layer_active"]),
+        grid=grid.name,
+        arm=cell["arm"].name,
+        method=cell["arm"].method,
+        init=cell["init"],
+        sparsity=f"{cell['sparsity']:g}",
+        seed=cell["seed"],
+        epochs=cell["epochs"],
+        split=grid.split,
+        commit=commit,
+        overrides=json.dumps(dict(cell["arm"].overrides)),
+        layer_size=json.dumps(init["size"]),
+        layer_active=json.dumps(res["layer_active"]),
         active_over_time=json.dumps(_timeline(records)),
     )
-    for field in ("val_accuracy", "density", "flops_ratio", "training_flops_ratio", "n_updates",
-                  "last_update_step", "lr_at_last_update", "moved_total", "wall_s"):
+    for field in (
+        "val_accuracy",
+        "density",
+        "flops_ratio",
+        "training_flops_ratio",
+        "n_updates",
+        "last_update_step",
+        "lr_at_last_update",
+        "moved_total",
+        "wall_s",
+    ):
         value = res.get(field)
         out[field] = "" if value is None else value
     if grid.split == "test":  # selection grids never carry a test number
@@ -137,8 +179,9 @@ def _run(grid: spec.Grid, cell: dict, workdir: str, commit: str) -> dict | str:
     env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.abspath(workdir), "xla"))
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     with open(f"{run_dir}.log", "a") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              env=env)
+        proc = subprocess.run(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
     if proc.returncode != 0:
         return f"{grid.name}/{run_name(cell)} failed (exit {proc.returncode}); see {run_dir}.log"
     return row(grid, cell, run_dir, commit)
@@ -146,6 +189,7 @@ def _run(grid: spec.Grid, cell: dict, workdir: str, commit: str) -> dict | str:
 
 def git_commit() -> str:
     """HEAD, with '+dirty' when tracked files differ from it (then the runs are not exact)."""
+
     def git(*args):
         return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
 
@@ -153,8 +197,9 @@ def git_commit() -> str:
     return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def run_grid(grid: spec.Grid, workdir: str, csv_path: str, workers: int = 2,
-             limit: int | None = None) -> int:
+def run_grid(
+    grid: spec.Grid, workdir: str, csv_path: str, workers: int = 2, limit: int | None = None
+) -> int:
     """Runs the grid's missing cells (at most ``limit``), appending rows; returns how many ran."""
     done = {key(r) for r in read_rows(csv_path)}
     todo = [c for c in cells(grid) if key(c) not in done][:limit]
@@ -166,9 +211,10 @@ def run_grid(grid: spec.Grid, workdir: str, csv_path: str, workers: int = 2,
     new_file = not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0
     failures = []
     start = time.time()
-    with open(csv_path, "a", newline="") as f, concurrent.futures.ThreadPoolExecutor(
-        max_workers=max(workers, 1)
-    ) as pool:
+    with (
+        open(csv_path, "a", newline="") as f,
+        concurrent.futures.ThreadPoolExecutor(max_workers=max(workers, 1)) as pool,
+    ):
         writer = csv.DictWriter(f, COLUMNS)
         if new_file:
             writer.writeheader()
@@ -181,8 +227,11 @@ def run_grid(grid: spec.Grid, workdir: str, csv_path: str, workers: int = 2,
             else:
                 writer.writerow(out)
                 f.flush()
-            print(f"[{grid.name}] {i}/{len(todo)} runs ({time.time() - start:.0f} s)"
-                  + (f" FAILED: {out}" if isinstance(out, str) else ""), flush=True)
+            print(
+                f"[{grid.name}] {i}/{len(todo)} runs ({time.time() - start:.0f} s)"
+                + (f" FAILED: {out}" if isinstance(out, str) else ""),
+                flush=True,
+            )
     if failures:
         raise UserError(f"{len(failures)} of {len(todo)} runs failed, e.g. {failures[0]}")
     return len(todo)

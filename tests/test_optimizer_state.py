@@ -105,8 +105,10 @@ def test_reset_accepts_init_fn_and_masked_chain():
 
 # Two steps of g = -2 then 4 everywhere: mean |g| 3, mean g 1, bias-corrected EMA (decay 0.9)
 # (0.9 * -0.2 + 0.4) / (1 - 0.81).
-@pytest.mark.parametrize("signal,want,resets", [("mean_abs", 3.0, True), ("mean", 1.0, True),
-                                                ("ema", 0.22 / 0.19, False)])
+@pytest.mark.parametrize(
+    "signal,want,resets",
+    [("mean_abs", 3.0, True), ("mean", 1.0, True), ("ema", 0.22 / 0.19, False)],
+)
 def test_accumulate_gradients_and_reset(signal, want, resets):
     params, masks, _ = setup(jnp.float32)
     tx = optax.chain(

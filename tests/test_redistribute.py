@@ -122,8 +122,9 @@ def test_ggr_normalize_is_scale_free(normalize):
     params = gj.apply_masks(random_like(params, jax.random.key(1)), masks)
     grads = random_like(params, jax.random.key(2), {"a": 0.5})
     method = gj.ggr(rho=1.0, normalize=normalize)
-    base = redistribute(params, masks, grads, jax.random.key(3), method=method, fraction=0.5,
-                        min_active=0)[1]
+    base = redistribute(
+        params, masks, grads, jax.random.key(3), method=method, fraction=0.5, min_active=0
+    )[1]
     changed = []
     for c in (1 / 64, 64.0):
         w, g = dict(params), dict(grads)
@@ -131,8 +132,9 @@ def test_ggr_normalize_is_scale_free(normalize):
             w["b"], g["b"] = params["b"] * c, grads["b"] / c
         else:
             g["b"] = grads["b"] * c
-        new = redistribute(w, masks, g, jax.random.key(3), method=method, fraction=0.5,
-                           min_active=0)[1]
+        new = redistribute(
+            w, masks, g, jax.random.key(3), method=method, fraction=0.5, min_active=0
+        )[1]
         changed.append(any(bool((new[k] != base[k]).any()) for k in ("a", "b")))
     assert changed == ([True, True] if normalize is None else [False, False])
 

@@ -213,8 +213,11 @@ def test_dynamic_sparse_bf16(inner):
     train(tx, params, 6, check=check)
 
 
-@pytest.mark.parametrize("method", [gj.snfs(), gj.rigl(signal="mean_abs"), gj.ggr(signal="ema")],
-                         ids=["snfs", "acc", "ema"])
+@pytest.mark.parametrize(
+    "method",
+    [gj.snfs(), gj.rigl(signal="mean_abs"), gj.ggr(signal="ema")],
+    ids=["snfs", "acc", "ema"],
+)
 def test_dynamic_sparse_signals_strict_bf16(method):
     # The signals dynamic_sparse keeps are float32; with bf16 gradients that must not rely on an
     # implicit promotion (sgd itself is strict-clean).
@@ -347,9 +350,16 @@ def test_signed_mean_averages_noise_out():
     grads = [{"a": jnp.array([[0.0, 10.0 * (-1) ** t], [1.0, 0.0]])} for t in range(4)]
     result = {}
     for signal in ("batch", "mean_abs", "mean", "ema"):
-        tx = gj.dynamic_sparse(optax.sgd(1e-6), masks, key=jax.random.key(0),
-                               method=gj.rigl(signal=signal), update_every=3, end_step=10,
-                               drop_fraction=0.34, min_active=0)
+        tx = gj.dynamic_sparse(
+            optax.sgd(1e-6),
+            masks,
+            key=jax.random.key(0),
+            method=gj.rigl(signal=signal),
+            update_every=3,
+            end_step=10,
+            drop_fraction=0.34,
+            min_active=0,
+        )
         p, state = params, tx.init(params)
         update = jax.jit(tx.update)
         for g in grads:

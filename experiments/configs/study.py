@@ -57,8 +57,12 @@ class Grid:
 
 
 def ggr_arm(name: str, **options) -> Arm:
-    fields = {"rho": "ggr_rho", "normalize": "ggr_normalize", "signal": "ggr_signal",
-              "unit_floor": "ggr_unit_floor"}
+    fields = {
+        "rho": "ggr_rho",
+        "normalize": "ggr_normalize",
+        "signal": "ggr_signal",
+        "unit_floor": "ggr_unit_floor",
+    }
     return Arm(name, "ggr", tuple((fields[k], v) for k, v in sorted(options.items())))
 
 
@@ -106,29 +110,63 @@ def _grids() -> dict[str, Grid]:
     g = {
         "select": Grid("select", arms=SELECT_ARMS, question="Which GGR variant?", **_SELECT),
         "A": Grid(
-            "A", "fashion_mnist_lenet300",
-            arms=(ARM["dense"], ARM["static"], ARM["set"], ARM["rigl"], ARM["snfs"], ARM["ggr"],
-                  GGR_V1),
-            inits=("uniform", "erk"), sparsities=(0.98, 0.99, 0.995), seeds=(0, 1, 2, 3, 4),
-            epochs=(30,), question="LeNet-300-100: GGR's defaults vs RigL and SNFS"),
+            "A",
+            "fashion_mnist_lenet300",
+            arms=(
+                ARM["dense"],
+                ARM["static"],
+                ARM["set"],
+                ARM["rigl"],
+                ARM["snfs"],
+                ARM["ggr"],
+                GGR_V1,
+            ),
+            inits=("uniform", "erk"),
+            sparsities=(0.98, 0.99, 0.995),
+            seeds=(0, 1, 2, 3, 4),
+            epochs=(30,),
+            question="LeNet-300-100: GGR's defaults vs RigL and SNFS",
+        ),
         "B": Grid(
-            "B", "fashion_mnist_lenet300", arms=three, inits=("uniform", "erk"),
-            sparsities=(0.98,), seeds=(0, 1, 2), epochs=(10, 60),
-            question="Does the ranking change with the training budget?"),
+            "B",
+            "fashion_mnist_lenet300",
+            arms=three,
+            inits=("uniform", "erk"),
+            sparsities=(0.98,),
+            seeds=(0, 1, 2),
+            epochs=(10, 60),
+            question="Does the ranking change with the training budget?",
+        ),
         "C": Grid(
-            "C", "fashion_mnist_lenet300", arms=three, inits=("uniform", "erk"),
-            sparsities=(0.98, 0.99), seeds=(0, 1, 2, 3, 4), epochs=(20,),
+            "C",
+            "fashion_mnist_lenet300",
+            arms=three,
+            inits=("uniform", "erk"),
+            sparsities=(0.98, 0.99),
+            seeds=(0, 1, 2, 3, 4),
+            epochs=(20,),
             overrides=(("hidden", (1024, 512, 256, 128)),),
-            question="A deeper MLP with unequal layers (784-1024-512-256-128-10)"),
+            question="A deeper MLP with unequal layers (784-1024-512-256-128-10)",
+        ),
         "D": Grid(
-            "D", "fashion_mnist_lenet5", arms=three, inits=("uniform", "erk"),
-            sparsities=(0.95, 0.98), seeds=(0, 1, 2), epochs=(10,),
-            question="LeNet-5"),
+            "D",
+            "fashion_mnist_lenet5",
+            arms=three,
+            inits=("uniform", "erk"),
+            sparsities=(0.95, 0.98),
+            seeds=(0, 1, 2),
+            epochs=(10,),
+            question="LeNet-5",
+        ),
     }
     if STAGE1 is not None:
         winner = next(a for a in SELECT_ARMS if a.name == STAGE1)
-        g["select2"] = Grid("select2", arms=(winner, *stage2_arms(winner)),
-                            question="Floor and rho around stage 1's winner", **_SELECT)
+        g["select2"] = Grid(
+            "select2",
+            arms=(winner, *stage2_arms(winner)),
+            question="Floor and rho around stage 1's winner",
+            **_SELECT,
+        )
     return g
 
 
