@@ -95,7 +95,7 @@ def test_bad_input_from_a_real_process_has_no_traceback():
     proc = run_cli("--method", "magic")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown method 'magic'; choose one of: dense, static, set, rigl, snfs, ggr"
+        "error: unknown method 'magic'; choose one of: dense, static, set, rigl, snfs, ggr, gmp"
     ]
 
 
