@@ -24,9 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.delta_t = 100  # steps between topology updates
     c.drop_fraction = 0.3  # alpha: fraction dropped at the first update, cosine-decayed to 0
     c.end_fraction = 0.75  # t_end as a fraction of the total number of training steps
-    c.ggr_rho = 0.5  # GGR: fraction of regrown weights placed by gradient (rest random)
-    c.ggr_signal = "batch"  # GGR: batch | mean | ema | mean_abs (see gj.ggr)
-    c.ggr_normalize = "none"  # GGR: none | l2 | rms | mean | max | weight (see gj.ggr)
+    c.ggr_rho = 1.0  # GGR: fraction of regrown weights placed by gradient (rest random)
+    c.ggr_signal = "mean"  # GGR: batch | mean | ema | mean_abs (see gj.ggr)
+    c.ggr_normalize = "l2"  # GGR: none | l2 | rms | mean | max | weight (see gj.ggr)
     c.ggr_unit_floor = False  # GGR: the prune keeps one active weight per output unit
     c.signal_decay = 0.9  # GGR's "ema" signal: decay of the gradient EMA
     c.min_active = -1  # fewest active weights per layer in total; -1: shape[-1] (library default)
