@@ -224,19 +224,19 @@ def _check_on_masks(params: PyTree, masks: PyTree) -> None:
             worst = [float(np.max(np.abs(np.where(m, 0, p)), initial=0)) for _, m, p in sparse]
             _raise_off_mask(names, counts, worst)
         return
-    counts = jnp.stack([jnp.sum((p != 0) & ~m, dtype=jnp.int32) for _, m, p in sparse])
-    worst = jnp.stack(
+    traced_counts = jnp.stack([jnp.sum((p != 0) & ~m, dtype=jnp.int32) for _, m, p in sparse])
+    traced_worst = jnp.stack(
         [
             jnp.max(jnp.where(m, 0, jnp.abs(p)).astype(jnp.float32), initial=0.0)
             for _, m, p in sparse
         ]
     )
     lax.cond(
-        jnp.any(counts > 0),
+        jnp.any(traced_counts > 0),
         lambda c, w: jax.debug.callback(functools.partial(_raise_off_mask, names), c, w),
         lambda c, w: None,
-        counts,
-        worst,
+        traced_counts,
+        traced_worst,
     )
 
 

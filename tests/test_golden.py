@@ -26,18 +26,19 @@ METHODS = {
     "rigl_no_regrow": gj.Method("rigl_no_regrow", regrow_pruned=False),
     "snfs": gj.snfs(),
     "ggr": gj.ggr(rho=0.5, normalize=None, signal="batch"),  # v1 defaults, explicit
-    "ggr_rho1": gj.ggr(rho=1.0),
-    "ggr_rho0": gj.ggr(rho=0.0),
+    "ggr_rho1": gj.ggr(rho=1.0, normalize=None),
+    "ggr_rho0": gj.ggr(rho=0.0, normalize=None),
     "ggr_l2_no_regrow": gj.ggr(rho=0.25, normalize="l2", regrow_pruned=False),
-    "ggr_rms_floor": gj.ggr(normalize="rms", unit_floor=True),
+    "ggr_rms_floor": gj.ggr(rho=0.5, normalize="rms", unit_floor=True),
     "ggr_weight": gj.ggr(rho=1.0, normalize="weight"),
-    "ggr_max": gj.ggr(normalize="max"),
+    "ggr_max": gj.ggr(rho=0.5, normalize="max"),
 }
+# Every option is spelled out: the outputs stay pinned when ggr()'s defaults change.
 TRAJECTORIES = {
     "rigl": gj.rigl(),
     "snfs": gj.snfs(),
-    "ggr_ema": gj.ggr(signal="ema", normalize="rms"),
-    "ggr_mean": gj.ggr(signal="mean"),
+    "ggr_ema": gj.ggr(rho=0.5, signal="ema", normalize="rms"),
+    "ggr_mean": gj.ggr(rho=0.5, normalize=None, signal="mean"),
     "set_mean_abs": gj.Method("set_mean_abs", place="random", signal="mean_abs"),
 }
 

@@ -69,7 +69,9 @@ def test_rigl_hand(getkey):
 def test_ggr_hand(getkey):
     # Global top-2 of the free |g| is b (0,1)=9 and b (1,1)=8: one connection moves a -> b.
     p, m, g = hand()
-    out = redistribute(p, m, g, getkey(), method=gj.ggr(rho=1.0), fraction=0.5, min_active=0)
+    out = redistribute(
+        p, m, g, getkey(), method=gj.ggr(rho=1.0, normalize=None), fraction=0.5, min_active=0
+    )
     check(
         out,
         {"a": [[T, F], [F, T]], "b": [[T, T], [F, T]]},
@@ -178,7 +180,9 @@ def test_ggr_regrow_pruned(getkey):
     # b (0,1)=6, (1,0)=0 (pruned), (1,1)=1.
     p, m, _ = hand()
     g = {"a": jnp.array([[0.0, 5.0], [7.0, 0.0]]), "b": jnp.array([[0.0, 6.0], [0.0, 1.0]])}
-    out = redistribute(p, m, g, getkey(), method=gj.ggr(rho=1.0), fraction=0.5, min_active=0)
+    out = redistribute(
+        p, m, g, getkey(), method=gj.ggr(rho=1.0, normalize=None), fraction=0.5, min_active=0
+    )
     # Default (as RigL): a (1,0) is regrown. It never leaves the mask, so it keeps its weight.
     check(
         out,
@@ -188,7 +192,13 @@ def test_ggr_regrow_pruned(getkey):
         grown={"a": 1, "b": 1},
     )
     out = redistribute(
-        p, m, g, getkey(), method=gj.ggr(rho=1.0, regrow_pruned=False), fraction=0.5, min_active=0
+        p,
+        m,
+        g,
+        getkey(),
+        method=gj.ggr(rho=1.0, normalize=None, regrow_pruned=False),
+        fraction=0.5,
+        min_active=0,
     )
     # Pruned positions go last: the top-2 is b (0,1)=6 and a (0,1)=5.
     check(
@@ -246,11 +256,11 @@ def test_set_hand():
 def test_ggr_mixed_hand():
     # b regrows 2 (global top-k): round(0.5 * 2) = 1 by gradient (b (0,1) = 9), 1 at random from
     # b's other free positions (1,0) and (1,1). a regrows none.
-    seen = outcomes(gj.ggr(rho=0.5), min_active=0)
+    seen = outcomes(gj.ggr(rho=0.5, normalize=None), min_active=0)
     assert seen["a"] == {(T, F, F, T)}
     assert seen["b"] == {(T, T, T, F), (T, T, F, T)}
     # rho = 0: the counts still come from the gradients, the positions are all random
-    seen = outcomes(gj.ggr(rho=0.0), min_active=0)
+    seen = outcomes(gj.ggr(rho=0.0, normalize=None), min_active=0)
     assert seen["a"] == {(T, F, F, T)}
     assert seen["b"] == {(T, T, T, F), (T, T, F, T), (T, F, T, T)}
 
@@ -308,7 +318,7 @@ def test_default_min_active_is_one_per_output_unit(getkey):
     # Default floor shape[-1] = 2: b (2 active) cannot drop, a (3 active) drops 1, which GGR
     # regrows in b at its largest |g|.
     p, m, g = hand()
-    out = redistribute(p, m, g, getkey(), method=gj.ggr(rho=1.0), fraction=0.5)
+    out = redistribute(p, m, g, getkey(), method=gj.ggr(rho=1.0, normalize=None), fraction=0.5)
     check(
         out,
         {"a": [[T, F], [F, T]], "b": [[T, T], [T, F]]},
@@ -321,7 +331,9 @@ def test_default_min_active_is_one_per_output_unit(getkey):
 def test_min_active_callable_and_int(getkey):
     p, m, g = hand()
     floor = lambda path, shape: 3 if path == "a" else 0  # noqa: E731
-    out = redistribute(p, m, g, getkey(), method=gj.ggr(rho=1.0), fraction=0.5, min_active=floor)
+    out = redistribute(
+        p, m, g, getkey(), method=gj.ggr(rho=1.0, normalize=None), fraction=0.5, min_active=floor
+    )
     # a keeps all 3; b drops 1 and the global top-1 (b (0,1) = 9) brings it back in b
     check(
         out,
@@ -330,7 +342,9 @@ def test_min_active_callable_and_int(getkey):
         grown={"a": 0, "b": 1},
         moved=0,
     )
-    out = redistribute(p, m, g, getkey(), method=gj.ggr(rho=1.0), fraction=1.0, min_active=1)
+    out = redistribute(
+        p, m, g, getkey(), method=gj.ggr(rho=1.0, normalize=None), fraction=1.0, min_active=1
+    )
     # fraction 1 with floor 1: a drops 2, b drops 1; top-3 free |g|: b 9, b 8, a 5
     check(
         out,
@@ -384,8 +398,8 @@ def test_nonfinite_not_skipped_when_disabled(getkey):
 # --- many updates ---------------------------------------------------------------------------
 
 METHODS = {
-    "ggr": gj.ggr(),  # the library default (rho=0.5)
-    "ggr_gradient": gj.ggr(rho=1.0),
+    "ggr": gj.ggr(),  # the library default (l2, rho=1)
+    "ggr_gradient": gj.ggr(rho=1.0, normalize=None),
     "ggr_l2_no_regrow": gj.ggr(rho=0.25, normalize="l2", regrow_pruned=False),
     "ggr_rms_unit_floor": gj.ggr(normalize="rms", unit_floor=True),
     "ggr_weight": gj.ggr(rho=1.0, normalize="weight"),
@@ -514,7 +528,7 @@ def test_ggr_fills_a_layer_to_density_one_and_no_further():
     p = gj.apply_masks(jax.tree.map(lambda x: x + 2.0, params), masks)
     grads = {"a": jnp.full((8, 6), 1e-3), "b": jnp.full((2, 2, 3, 4), 1.0), "bias": jnp.ones(4)}
     for step in range(15):
-        p, masks, _ = update_with("ggr", p, masks, grads, jax.random.key(step), 0.5)
+        p, masks, _ = update_with("ggr_gradient", p, masks, grads, jax.random.key(step), 0.5)
         p = gj.apply_masks(jax.tree.map(lambda x: x + 1.0, p), masks)
     # 48 + 12 active: b takes all it can (48, density 1), a keeps the other 12 (above its floor)
     assert bool(masks["b"].all())
