@@ -39,9 +39,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def multihost(tmp_path_factory):
-    out = tmp_path_factory.mktemp("multihost")
+# jaxlib's gloo transport can abort a pair of processes on a loaded machine ("op.preamble.length
+# <= op.nbytes", seen once in CI with jaxlib 0.6.0, never reproduced in 12 runs on an idle one):
+# a runtime fault outside this library. Such an abort is retried; any other failure, and a result
+# that differs, fails at once.
+_GLOO_ABORT = "gloo::EnforceNotMet"
+_ATTEMPTS = 3
+
+
+def _run_workers(out: Path) -> list[tuple[int, str]]:
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     procs = [
@@ -63,8 +69,23 @@ def multihost(tmp_path_factory):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, err in zip(procs, logs, strict=True):
-        assert p.returncode == 0, f"multihost worker failed:\n{err[-4000:]}"
+                p.wait()
+    return [(p.returncode, err) for p, err in zip(procs, logs, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def multihost(tmp_path_factory):
+    for attempt in range(1, _ATTEMPTS + 1):
+        out = tmp_path_factory.mktemp("multihost")
+        results = _run_workers(out)
+        failed = [(rc, err) for rc, err in results if rc != 0]
+        if not failed:
+            break
+        gloo = any(_GLOO_ABORT in err for _, err in failed)
+        if not gloo or attempt == _ATTEMPTS:
+            rc, err = failed[0]
+            msg = f"multihost worker failed (exit {rc}, try {attempt}):\n{err[-4000:]}"
+            raise AssertionError(msg)
     return dict(np.load(out / "result.npz")), json.loads((out / "report.json").read_text())
 
 
