@@ -7,15 +7,14 @@ and the named configs; the statistics are in ``experiments.study_stats``.
     python -m experiments.study report      # write_report(rows, "docs")
 """
 
-import json
 import os
 
-import numpy as np
-
-from experiments import configs, plots, study_runs
+from experiments import study_figures, study_runs
 from experiments import study_stats as st
+from experiments import study_tables as tb
 from experiments.configs import study as spec
 from experiments.study_stats import selection_tables, selection_winner
+from experiments.study_tables import ci, col, config, rows_of
 
 __all__ = ["selection_tables", "selection_winner", "write_report"]
 
@@ -27,21 +26,6 @@ COMMANDS = (
     "python -m experiments.study report",
 )
 V1_CSV = os.path.join("docs", "results", "v1_runs.csv")
-
-
-def _ci(p: st.Paired, unit: str = "") -> str:
-    if p.n == 0:
-        return p.verdict
-    ci = "" if np.isnan(p.lo) else f" [{100 * p.lo:+.2f}, {100 * p.hi:+.2f}]"
-    return f"{100 * p.mean:+.2f}{ci}{unit} {p.verdict}".strip()
-
-
-def _col(grid: spec.Grid, s: float, e: int) -> str:
-    return f"{100 * s:g} %" + (f", {e} ep" if len(grid.epochs) > 1 else "")
-
-
-def _rows_of(rows: list[dict], grid: spec.Grid) -> list[dict]:
-    return [r for r in rows if r["grid"] == grid.name]
 
 
 # --- pre-registration and setup ----------------------------------------------------------------
@@ -80,13 +64,6 @@ def _preregistration() -> str:
     return "\n".join(lines)
 
 
-def _config(grid: spec.Grid):
-    c = configs.get_config(grid.config)
-    for k, v in (*spec.COMMON.items(), *grid.overrides):
-        c[k] = v
-    return c
-
-
 def _distinct(rows: list[dict], col: str, fmt: str) -> str:
     vals = sorted({float(r[col]) for r in rows if r[col] != "" and r["method"] != "dense"})
     if not vals:
@@ -111,10 +88,10 @@ def _setup(rows: list[dict]) -> str:
     body = []
     for name in (n for n in spec.ORDER if n in spec.GRIDS):
         g = spec.GRIDS[name]
-        c = _config(g)
+        c = config(g)
         model = c.model + (f" {'-'.join(map(str, c.hidden))}" if c.model == "mlp" else "")
         for e in g.epochs:
-            rs = [r for r in _rows_of(rows, g) if int(r["epochs"]) == e]
+            rs = [r for r in rows_of(rows, g) if int(r["epochs"]) == e]
             body.append(
                 [
                     name,
@@ -131,7 +108,7 @@ def _setup(rows: list[dict]) -> str:
                     _distinct(rs, "lr_at_last_update", ".2g"),
                 ]
             )
-    c = _config(spec.GRIDS["A"])
+    c = config(spec.GRIDS["A"])
     ggr = ", ".join(f"{k.removeprefix('ggr_')} {c[k]}" for k in c if k.startswith("ggr_"))
     return (
         "## Setup\n\n"
@@ -149,222 +126,30 @@ def _setup(rows: list[dict]) -> str:
 # --- final grids ------------------------------------------------------------------------------
 
 
-def _accuracy_table(rows: list[dict], g: spec.Grid) -> str:
-    accs = st.seeds_by_cell(rows, g)
-    cols = [(s, e) for e in g.epochs for s in g.sparsities]
-    need = len(g.seeds)
-
-    def cell(v):
-        if not v:
-            return "–"
-        x = list(v.values())
-        std = np.std(x, ddof=1) if len(x) > 1 else 0.0
-        more = f"({len(x)})" if len(x) >= need else f"pending ({len(x)}/{need} seeds)"
-        return f"{st.pct(np.mean(x))} ± {st.pct(std)} {more}"
-
-    body = []
-    for arm in g.arms:
-        if arm.method == "dense":
-            dense = [cell(accs.get(("dense", ("-", 0.0, e)))) for _, e in cols]
-            body.append(["dense", "–", *dense])
-            continue
-        for i in g.inits:
-            name = f"**{arm.name}**" if arm.name == "ggr" else arm.name
-            body.append([name, i, *(cell(accs.get((arm.name, (i, s, e)))) for s, e in cols)])
-    return f"Test accuracy %, mean ± std (n seeds of {need}):\n\n" + st.md_table(
-        ["arm", "init", *(_col(g, s, e) for s, e in cols)], body
-    )
-
-
-def _differences_table(rows: list[dict], g: spec.Grid) -> str:
-    comps = st.compare_arm(rows, g)
-    cols = [(s, e) for e in g.epochs for s in g.sparsities]
-    body = []
-    for base in spec.BASELINES.values():
-        for i in g.inits:
-            by = {
-                (c.cell[1], c.cell[2]): c.result
-                for c in comps
-                if c.comparator == base and c.cell[0] == i
-            }
-            body.append([f"ggr − {base}", i, *(_ci(by[k]) for k in cols)])
-    return "Paired differences (pp), mean [95 % CI] verdict:\n\n" + st.md_table(
-        ["comparison", "init", *(_col(g, s, e) for s, e in cols)], body
-    )
-
-
-def _gap_table(rows: list[dict], g: spec.Grid) -> str:
-    cols = [(s, e) for e in g.epochs for s in g.sparsities]
-    arms = [a.name for a in g.arms if a.method not in ("dense",)]
-    body = []
-    for arm in arms:
-        ps = [st.gap_interval(rows, g, arm, s, e) for s, e in cols]
-        body.append([f"gap {arm}", *(_ci(p) for p in ps)])
-    comps = st.claim_b(rows, g)
-    for base in spec.BASELINES.values():
-        by = {(c.cell[1], c.cell[2]): c.result for c in comps if c.comparator == base}
-        body.append([f"gap ggr − gap {base}", *(_ci(by[k]) for k in cols)])
-    return (
-        "Uniform-vs-ERK gap acc(ERK) − acc(uniform) per seed (pp), mean [95 % CI]:\n\n"
-        + st.md_table(["", *(_col(g, s, e) for s, e in cols)], body)
-    )
-
-
-def _layer_table(rows: list[dict], g: spec.Grid, s: float, e: int) -> str:
-    rs = [r for r in _rows_of(rows, g) if float(r["sparsity"]) == s and int(r["epochs"]) == e]
-    if not rs:
-        return ""
-    size = json.loads(rs[0]["layer_size"])
-    body = [["size", "–", *(str(v) for v in size.values())]]
-    for arm in (a.name for a in g.arms):
-        for i in g.inits:
-            sel = [json.loads(r["layer_active"]) for r in rs if (r["arm"], r["init"]) == (arm, i)]
-            if sel:
-                body.append([arm, i, *(f"{np.mean([a[k] for a in sel]):.0f}" for k in size)])
-    return (
-        f"Final active weights per layer at {_col(g, s, e)} (mean over seeds):\n\n"
-        + st.md_table(["arm", "init", *size], body)
-    )
-
-
-def _flops_table(rows: list[dict], g: spec.Grid) -> str:
-    cols = [(s, e) for e in g.epochs for s in g.sparsities]
-    body = []
-    for arm in (a.name for a in g.arms if a.method != "dense"):
-        for i in g.inits:
-            vals = []
-            for s, e in cols:
-                rs = [
-                    r
-                    for r in _rows_of(rows, g)
-                    if (r["arm"], r["init"]) == (arm, i)
-                    and float(r["sparsity"]) == s
-                    and int(r["epochs"]) == e
-                ]
-                inf = np.mean([float(r["flops_ratio"]) for r in rs]) if rs else None
-                tr = np.mean([float(r["training_flops_ratio"]) for r in rs]) if rs else None
-                vals.append("–" if inf is None else f"{inf:.4f} / {tr:.4f}")
-            body.append([arm, i, *vals])
-    return (
-        "FLOPs relative to dense, inference / training (RigL's accounting: dense gradients "
-        "at each update, every step for SNFS; mean over seeds):\n\n"
-        + st.md_table(["arm", "init", *(_col(g, s, e) for s, e in cols)], body)
-    )
-
-
 def _grid_section(rows: list[dict], g: spec.Grid, figs: str) -> str:
     parts = [f"## Grid {g.name}: {g.question}", ""]
-    if not _rows_of(rows, g):
+    if not rows_of(rows, g):
         return "\n".join(parts + ["No runs yet."])
     best = [(c, st.best_arm(rows, g, c)) for c in st.grid_cells(g)]
-    best = "; ".join(f"{_col(g, s, e)} {i}: {b}" for (i, s, e), b in best if b)
+    best = "; ".join(f"{col(g, s, e)} {i}: {b}" for (i, s, e), b in best if b)
     parts += [
-        _accuracy_table(rows, g),
+        tb.accuracy_table(rows, g),
         "",
         f"Highest mean per cell (context, not a verdict): {best}.",
         "",
-        _differences_table(rows, g),
+        tb.differences_table(rows, g),
         "",
     ]
     if set(g.inits) >= {"uniform", "erk"}:
-        parts += [_gap_table(rows, g), ""]
+        parts += [tb.gap_table(rows, g), ""]
     for e in g.epochs:
         for s in g.sparsities:
-            t = _layer_table(rows, g, s, e)
+            t = tb.layer_table(rows, g, s, e)
             parts += [t, ""] if t else []
-    parts += [_flops_table(rows, g), ""]
-    for title, path in _figures(rows, g, figs):
+    parts += [tb.flops_table(rows, g), ""]
+    for title, path in study_figures.figures(rows, g, figs):
         parts += [f"![{title}](results/{os.path.basename(path)})", ""]
     return "\n".join(parts)
-
-
-# --- figures ------------------------------------------------------------------------------------
-
-
-def _figures(rows: list[dict], g: spec.Grid, figs: str) -> list[tuple[str, str]]:
-    rs = _rows_of(rows, g)
-    s, e = g.sparsities[0], g.epochs[-1]
-    out = []
-    runs = {}
-    for i in g.inits:
-        for arm in ("ggr", *spec.BASELINES.values()):
-            sel = sorted(
-                (
-                    r
-                    for r in rs
-                    if (r["arm"], r["init"], int(r["epochs"])) == (arm, i, e)
-                    and float(r["sparsity"]) == s
-                ),
-                key=lambda r: int(r["seed"]),
-            )
-            if sel:
-                size = json.loads(sel[0]["layer_size"])
-                recs = [
-                    {
-                        "type": "topology",
-                        "step": step,
-                        "density": {k: a / size[k] for k, a in zip(size, act, strict=True)},
-                    }
-                    for step, act in json.loads(sel[0]["active_over_time"])
-                ]
-                runs[f"{arm}, {i}, {100 * s:g} %, seed {sel[0]['seed']}"] = recs
-    if runs:
-        path = os.path.join(figs, f"{g.name}_density_over_time.png")
-        out.append(("density over time", plots.density_over_time(runs, path)))
-    summary = []
-    accs = st.seeds_by_cell(rows, g)
-    for (arm, (i, sp, ep)), v in sorted(accs.items()):
-        if arm != "dense" and ep == e and v:
-            x = list(v.values())
-            summary.append(
-                {
-                    "method": arm,
-                    "init": i,
-                    "sparsity": sp,
-                    "mean": np.mean(x),
-                    "std": np.std(x, ddof=1) if len(x) > 1 else 0.0,
-                }
-            )
-    if summary:
-        path = os.path.join(figs, f"{g.name}_accuracy_vs_sparsity.png")
-        out.append(("accuracy vs sparsity", plots.accuracy_vs_sparsity(summary, path)))
-    if any(float(r["sparsity"]) == s and r["method"] != "dense" for r in rs):
-        path = os.path.join(figs, f"{g.name}_final_layer_density.png")
-        out.append(("final per-layer density", _final_density(rs, g, s, e, path)))
-    return out
-
-
-def _final_density(rs: list[dict], g: spec.Grid, s: float, e: int, path: str) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(g.inits), figsize=(5.5 * len(g.inits), 3.8), squeeze=False)
-    for ax, init in zip(axes[0], g.inits, strict=True):
-        sel = [
-            r
-            for r in rs
-            if r["init"] == init and float(r["sparsity"]) == s and int(r["epochs"]) == e
-        ]
-        arms = [a.name for a in g.arms if any(r["arm"] == a.name for r in sel)]
-        size = json.loads(sel[0]["layer_size"]) if sel else {}
-        width = 0.8 / max(len(arms), 1)
-        for j, arm in enumerate(arms):
-            act = [json.loads(r["layer_active"]) for r in sel if r["arm"] == arm]
-            ax.bar(
-                np.arange(len(size)) + j * width,
-                [np.mean([a[k] for a in act]) / size[k] for k in size],
-                width,
-                label=arm,
-            )
-        ax.set_xticks(np.arange(len(size)) + 0.4 - width / 2, list(size), rotation=30, fontsize=7)
-        ax.set_yscale("log")
-        ax.set_title(f"{g.name}: final density, {init}, {100 * s:g} %", fontsize=9)
-        ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("density (mean over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # --- claims, provenance, the report ----------------------------------------------------------
@@ -372,8 +157,7 @@ def _final_density(rs: list[dict], g: spec.Grid, s: float, e: int, path: str) ->
 
 def _cells_text(comps: list[st.Comparison]) -> str:
     return "; ".join(
-        f"{100 * c.cell[1]:g} % {c.cell[0]} vs {c.comparator}: {_ci(c.result, ' pp')}"
-        for c in comps
+        f"{100 * c.cell[1]:g} % {c.cell[0]} vs {c.comparator}: {ci(c.result, ' pp')}" for c in comps
     )
 
 
@@ -414,7 +198,7 @@ def _claim_b(rows: list[dict]) -> str:
     if all(c.result.n == 0 for c in comps):
         return text + "no paired seeds yet."
     text += (
-        "; ".join(f"{100 * c.cell[1]:g} % vs {c.comparator}: {_ci(c.result, ' pp')}" for c in comps)
+        "; ".join(f"{100 * c.cell[1]:g} % vs {c.comparator}: {ci(c.result, ' pp')}" for c in comps)
         + "."
     )
     if status == "does not hold":

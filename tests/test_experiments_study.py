@@ -236,6 +236,21 @@ def test_write_report(tmp_path):
 # --- the grid runner -----------------------------------------------------------------------
 
 
+def test_model_size_by_hand():
+    """LeNet-300-100 at 98 %: bit-packed masks + active float32 values + 2 int32 shape words per
+    sparse kernel, and the dense biases (300 + 100 + 10 float32)."""
+    from experiments import study_tables
+
+    kb = study_tables._Bytes(spec.GRIDS["A"])
+    assert kb.dense() == 4 * (784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10)
+    row = _row("A", "rigl", "uniform", 0.98, 0, 0.8)
+    active = json.loads(row["layer_active"])  # 4704, 600, 20
+    by_hand = sum((n + 7) // 8 + 4 * active[k] + 8 for k, n in SIZE.items()) + 4 * 410
+    assert kb.sparse(row) == by_hand == 33275 + 4 * 5324 + 24 + 1640
+    text = study_tables.flops_table([row], spec.GRIDS["A"])
+    assert f"{by_hand / 1000:.1f} kB" in text and f"dense model {kb.dense() / 1000:.1f} kB" in text
+
+
 def test_cells_key_and_command(tmp_path):
     a = spec.GRIDS["A"]
     cells = list(study_runs.cells(a))
