@@ -26,7 +26,7 @@ forbids: they raise a ``ValueError`` that says so.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -274,6 +274,48 @@ def nm_redistribute(
       >>> bool(gj.is_nm(new, n=2, m=4)["w"]), int(info["dropped"]["w"])
       (True, 6)
     """
+    _check_inputs(params, masks, grads, momentum, method=method, fraction=fraction, m=m)
+    paths, m_leaves, treedef = leaves_with_paths(masks)
+    w_leaves, g_leaves = leaves_with_paths(params)[1], leaves_with_paths(grads)[1]
+    s_leaves = leaves_with_paths(momentum)[1] if method.place == "momentum" else g_leaves
+    sparse = [i for i, x in enumerate(m_leaves) if x is not None]
+    layers = _Layers(
+        masks=[m_leaves[i] for i in sparse],
+        weights=[w_leaves[i] for i in sparse],
+        signals=[s_leaves[i] for i in sparse],
+        axes=[_group_axis(paths[i], tuple(np.shape(w_leaves[i])), m, axis) for i in sparse],
+    )
+
+    def finish(new_w, new_m, dropped, skipped):
+        return _finish(treedef, w_leaves, m_leaves, sparse, new_w, new_m, dropped, skipped)
+
+    def unchanged(skipped):
+        kept = [jnp.where(x, w, jnp.zeros((), w.dtype)) for x, w in zip(*layers[:2], strict=True)]
+        return finish(kept, layers.masks, jnp.zeros(len(sparse), jnp.int32), skipped)
+
+    if _is_static(method) or not sparse:
+        return unchanged(False)
+
+    def update():
+        return finish(*_update(layers, key, method=method, fraction=fraction, m=m), False)
+
+    if not skip_nonfinite:
+        return update()
+    trees = [w_leaves, g_leaves] + ([s_leaves] if method.place == "momentum" else [])
+    bad = sum(count_true(~jnp.isfinite(t[i])) for t in trees for i in sparse)
+    return lax.cond(bad == 0, update, lambda: unchanged(True))
+
+
+class _Layers(NamedTuple):
+    """The sparse leaves of an N:M update, in leaf order, with each one's group axis."""
+
+    masks: list[jax.Array]
+    weights: list[jax.Array]
+    signals: list[jax.Array]  # |g| or |momentum| ranks regrowth (unused by random placement)
+    axes: list[int]
+
+
+def _check_inputs(params, masks, grads, momentum, *, method, fraction, m) -> None:
     check_nm_method(method, m)
     check_masks(params, masks)
     check_like(params, grads, name="grads")
@@ -282,46 +324,30 @@ def nm_redistribute(
         if momentum is None:
             raise ValueError(f"method {method.name!r} places by momentum: pass momentum=")
         check_like(params, momentum, name="momentum")
-    paths, m_leaves, treedef = leaves_with_paths(masks)
-    w_leaves, g_leaves = leaves_with_paths(params)[1], leaves_with_paths(grads)[1]
-    s_leaves = leaves_with_paths(momentum)[1] if method.place == "momentum" else g_leaves
-    sparse = [i for i, x in enumerate(m_leaves) if x is not None]
-    axes = [_group_axis(paths[i], tuple(np.shape(w_leaves[i])), m, axis) for i in sparse]
-    masks_in, weights = [m_leaves[i] for i in sparse], [w_leaves[i] for i in sparse]
 
-    def unchanged(skipped):
-        kept = [
-            jnp.where(x, w, jnp.zeros((), w.dtype)) for x, w in zip(masks_in, weights, strict=True)
-        ]
-        zero = jnp.zeros(len(sparse), jnp.int32)
-        return _finish(treedef, w_leaves, m_leaves, sparse, kept, masks_in, zero, skipped)
 
-    if _is_static(method) or not sparse:
-        return unchanged(False)
+def _update(
+    layers: _Layers, key: jax.Array, *, method: Any, fraction: Any, m: int
+) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
+    """Per layer: drop the smallest-magnitude share, then regrow group by group what each lost.
 
-    def update():
-        active = jnp.stack([count_true(x) for x in masks_in])
-        f = jnp.clip(jnp.asarray(fraction, jnp.float32), 0.0, 1.0)
-        n_drop = jnp.floor(f * active.astype(jnp.float32)).astype(jnp.int32)
-        drop, n_drop = select_per_leaf(
-            [(lambda w: order_key(-jnp.abs(w)), (w,)) for w in weights],
-            masks_in,
-            n_drop,
-            n_eligible=active,
-        )
-        subkeys = jax.random.split(key, len(sparse))
-        new_m, new_w = [], []
-        for j, i in enumerate(sparse):
-            a, x, d, w = axes[j], masks_in[j], drop[j], weights[j]
-            kept = _grouped(x & ~d, a, m)
-            signal = None if method.place == "random" else _grouped(s_leaves[i], a, m)
-            grown = _regrow(method, kept, _grouped(d, a, m), signal, subkeys[j], a, m)
-            new_m.append((kept | grown).reshape(w.shape))
-            new_w.append(jnp.where(x & new_m[-1], w, jnp.zeros((), w.dtype)))
-        return _finish(treedef, w_leaves, m_leaves, sparse, new_w, new_m, n_drop, False)
-
-    if not skip_nonfinite:
-        return update()
-    trees = [w_leaves, g_leaves] + ([s_leaves] if method.place == "momentum" else [])
-    bad = sum(count_true(~jnp.isfinite(t[i])) for t in trees for i in sparse)
-    return lax.cond(bad == 0, update, lambda: unchanged(True))
+    Returns ``(new_weights, new_masks, n_dropped)`` over the sparse leaves.
+    """
+    active = jnp.stack([count_true(x) for x in layers.masks])
+    f = jnp.clip(jnp.asarray(fraction, jnp.float32), 0.0, 1.0)
+    n_drop = jnp.floor(f * active.astype(jnp.float32)).astype(jnp.int32)
+    drop, n_drop = select_per_leaf(
+        [(lambda w: order_key(-jnp.abs(w)), (w,)) for w in layers.weights],
+        layers.masks,
+        n_drop,
+        n_eligible=active,
+    )
+    subkeys = jax.random.split(key, len(layers.masks))
+    new_m, new_w = [], []
+    for j, (x, w, s, a) in enumerate(zip(*layers, strict=True)):
+        kept = _grouped(x & ~drop[j], a, m)
+        signal = None if method.place == "random" else _grouped(s, a, m)
+        grown = _regrow(method, kept, _grouped(drop[j], a, m), signal, subkeys[j], a, m)
+        new_m.append((kept | grown).reshape(w.shape))
+        new_w.append(jnp.where(x & new_m[-1], w, jnp.zeros((), w.dtype)))
+    return new_w, new_m, n_drop
