@@ -2,8 +2,8 @@
 
 One command, one process (run it on a quiet machine: other load skews the times)::
 
-    python benchmarks/sparse_inference.py          # writes benchmarks/SPARSE_INFERENCE.md + .json
-    python benchmarks/sparse_inference.py --quick  # a smoke run on a tiny model (into --out)
+    python -m benchmarks inference          # writes benchmarks/SPARSE_INFERENCE.md + .json
+    python -m benchmarks inference --quick  # a smoke run on a tiny model (into --out)
 
 For every model, sparsity (uniform per layer, random masks) and batch size (1 and 128), one
 jitted forward pass per format is timed, the formats called in interleaved rounds (dense, ELL,
@@ -20,11 +20,8 @@ says so. It also lists the bytes of each model as :func:`ggr_jax.compress` expor
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +33,8 @@ import numpy as np
 
 import ggr_jax as gj
 
-HERE = Path(__file__).resolve().parent
+from . import harness
+
 MODELS = {"LeNet-300-100": (784, 300, 100, 10), "MLP 4096": (784, 4096, 4096, 10)}
 QUICK_MODELS = {"tiny": (32, 64, 10)}
 SPARSITIES = (0.9, 0.95, 0.98, 0.99)
@@ -137,18 +135,6 @@ def bench(
     return rows
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__}, {jax.default_backend()}"
-
-
 def verdict(seconds: dict[str, float]) -> str:
     best = min(seconds, key=seconds.get)
     if best == "dense":
@@ -187,26 +173,20 @@ def report(raw: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a tiny model, few calls")
-    parser.add_argument("--out", type=Path, default=HERE, help="directory for the report")
-    args = parser.parse_args(argv)
-    if args.quick:
+def main(quick: bool, out: Path) -> None:
+    """Measures, then writes ``out``/SPARSE_INFERENCE.md and .json."""
+    if quick:
         rows = bench(QUICK_MODELS, calls=2, rounds=2, sparsities=(0.9, 0.99))
     else:
         rows = bench(MODELS, calls=20, rounds=10)
+    m = harness.machine()
     raw = {
-        "command": "python benchmarks/sparse_inference.py" + (" --quick" if args.quick else ""),
+        "command": "python -m benchmarks inference" + (" --quick" if quick else ""),
         "date": datetime.date.today().isoformat(),
-        "machine": machine(),
+        "machine": f"{m['cpu']}, {m['versions']}, {m['backend']} ({m['device']})",
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "SPARSE_INFERENCE.json").write_text(json.dumps(raw, indent=1) + "\n")
-    (args.out / "SPARSE_INFERENCE.md").write_text(report(raw))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "SPARSE_INFERENCE.json").write_text(json.dumps(raw, indent=1) + "\n")
+    (out / "SPARSE_INFERENCE.md").write_text(report(raw))
     print(report(raw))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,90 @@
+"""The one table of targets: it drives both the verdicts and the prose of RESULTS.md.
+
+A target reads a value of one unit in every process: ``numerator / denominator`` where both are
+measured in the same process (a ratio), or ``numerator`` alone (``denominator=None``). It is met
+only if the value meets the threshold in every process.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import harness
+
+
+class Target(NamedTuple):
+    id: str  # stable id, the key in RESULTS.json
+    text: str  # what is compared, for the report
+    unit: str  # the unit whose processes are read (see measure.unit)
+    numerator: str  # value id
+    denominator: str | None  # value id, or None: the value itself
+    threshold: float  # met when value <= threshold in every process
+    suffix: str  # "x" for ratios, " s" for seconds
+    source: str  # where the target comes from
+
+
+_MASKED = "masked step (`gj.mask_gradients`/`mask_updates`)"
+_RIGL = "RigL update (`gj.rigl()`)"
+_GGR = "GGR update (default `gj.ggr()`)"
+_POINT2, _POINT3 = "issue 14, point 2", "issue 14, point 3"
+
+
+def _vs_dense(what: str, size: str, value: str, threshold: float) -> Target:
+    """``value / dense step`` of the ``size`` MLP, both medians of the same process."""
+    text = f"{what} / dense step, {size} params"
+    return Target(what.split()[0].lower() + "_" + size, text, f"mlp_{size}", value,
+                  "ms:dense_step", threshold, "x", _POINT2)  # fmt: skip
+
+
+TARGETS: tuple[Target, ...] = (
+    _vs_dense(_MASKED, "1M", "ms:masked_step", 1.03),
+    _vs_dense(_MASKED, "10M", "ms:masked_step", 1.03),
+    _vs_dense(_RIGL, "1M", "ms:update_rigl", 1.0),
+    _vs_dense(_RIGL, "10M", "ms:update_rigl", 1.0),
+    _vs_dense(_GGR, "1M", "ms:update_ggr", 1.5),
+    _vs_dense(_GGR, "10M", "ms:update_ggr", 1.5),
+    Target(
+        "compile_64_layers",
+        "compile time of the default GGR update, 64 layers (~1M params)",
+        "layers_64",
+        "compile_s:update_ggr",
+        None,
+        15.0,
+        " s",
+        _POINT3,
+    ),  # fmt: skip
+)
+
+
+def per_process(target: Target, units: dict[str, list[dict]]) -> list[float] | None:
+    """The target's value in each process of its unit; None when the unit was not measured."""
+    records = units.get(target.unit)
+    if not records or any(target.numerator not in r["values"] for r in records):
+        return None
+    if target.denominator is None:
+        return [float(r["values"][target.numerator]) for r in records]
+    return harness.ratios(records, target.numerator, target.denominator)
+
+
+def verdict(target: Target, units: dict[str, list[dict]]) -> dict:
+    """``{"values", "median", "min", "max", "met_in", "processes", "met"}`` of one target."""
+    vals = per_process(target, units)
+    if vals is None:
+        return {"measured": False, "met": None}
+    met_in = sum(v <= target.threshold for v in vals)
+    return {
+        "measured": True,
+        "per_process": vals,
+        "median": float(np.median(vals)),
+        "min": min(vals),
+        "max": max(vals),
+        "met_in": met_in,
+        "processes": len(vals),
+        "met": met_in == len(vals),
+    }
+
+
+def verdicts(units: dict[str, list[dict]]) -> dict[str, dict]:
+    return {t.id: verdict(t, units) for t in TARGETS}
