@@ -212,12 +212,7 @@ def place_gradient(
     del key
     if alloc.picked is not None:
         return alloc.picked, alloc.n_grow
-    return select_per_leaf(
-        selection_keys(method, pruned, _gradient_scores(layers)),
-        pruned.free,
-        alloc.n_grow,
-        n_eligible=pruned.n_free,
-    )
+    return _largest(method, pruned, alloc, _gradient_scores(layers))
 
 
 def place_momentum(
@@ -225,12 +220,13 @@ def place_momentum(
 ) -> Placed:
     """SNFS: the free positions of largest |momentum|."""
     del key
-    return select_per_leaf(
-        selection_keys(method, pruned, _momentum_scores(layers)),
-        pruned.free,
-        alloc.n_grow,
-        n_eligible=pruned.n_free,
-    )
+    return _largest(method, pruned, alloc, _momentum_scores(layers))
+
+
+def _largest(method: Method, pruned: Pruned, alloc: Allocation, scores: list[KeySpec]) -> Placed:
+    """Per leaf, the ``alloc.n_grow`` free positions of largest score."""
+    keys = selection_keys(method, pruned, scores)
+    return select_per_leaf(keys, pruned.free, alloc.n_grow, n_eligible=pruned.n_free)
 
 
 def _random(
