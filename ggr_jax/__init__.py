@@ -27,18 +27,22 @@ from ggr_jax._nm import group_top_k, is_nm, nm_random_masks, nm_redistribute
 from ggr_jax._optimizer_state import reset_optimizer_state
 from ggr_jax._redistribute import redistribute
 from ggr_jax._select import order_key, top_k_global, top_k_per_leaf
-from ggr_jax._transforms import (
+from ggr_jax._signals import (
     AccumulatedGradients,
-    DynamicSparseState,
     GradientEMA,
     accumulate_gradients,
     accumulated_gradients,
+    gradient_momentum,
+)
+from ggr_jax._topology import is_update_step, update_topology
+from ggr_jax._transforms import (
+    DynamicSparseState,
     dynamic_sparse,
     get_masks,
     mask_gradients,
     mask_updates,
 )
-from ggr_jax._tree import sparsifiable
+from ggr_jax._tree import path_str, sparsifiable
 
 set = set_  # noqa: A001  (``gj.set()`` reads like the other methods)
 
@@ -65,9 +69,11 @@ __all__ = [
     "ggr",
     "global_density",
     "gmp_schedule",
+    "gradient_momentum",
     "group_top_k",
     "is_compressed",
     "is_nm",
+    "is_update_step",
     "linen_apply",
     "magnitude_prune",
     "mask_densities",
@@ -79,6 +85,7 @@ __all__ = [
     "nm_redistribute",
     "nnx_sparsify",
     "order_key",
+    "path_str",
     "random_masks",
     "redistribute",
     "reset_optimizer_state",
@@ -95,4 +102,5 @@ __all__ = [
     "top_k_global",
     "top_k_per_leaf",
     "uniform_densities",
+    "update_topology",
 ]

@@ -1,8 +1,9 @@
-"""Optax transforms: masking gradients/updates, accumulating gradients, and ``dynamic_sparse``.
+"""Optax transforms: masking gradients/updates, and ``dynamic_sparse``.
 
 Masks change during training, so they cannot be the static mask of ``optax.masked``. Here they
 either flow into ``update`` as a keyword extra argument (``masks=``) through ``optax.chain``, or
-live in the state of :func:`dynamic_sparse`, which also runs the topology updates on schedule.
+live in the state of :func:`dynamic_sparse`, which also runs the topology updates on schedule
+(through :func:`update_topology`, the one orchestration of an update).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from jax import lax
 
 from ggr_jax._masks import apply_masks
 from ggr_jax._methods import Method
-from ggr_jax._optimizer_state import reset_optimizer_state
-from ggr_jax._redistribute import check_method, redistribute
+from ggr_jax._redistribute import check_method
+from ggr_jax._signals import accumulate_gradients, gradient_momentum
+from ggr_jax._topology import is_update_step, update_topology
 from ggr_jax._tree import (
     PyTree,
     check_masks,
@@ -71,100 +73,6 @@ def mask_updates() -> optax.GradientTransformationExtraArgs:
     return _masking("updates")
 
 
-class AccumulatedGradients(NamedTuple):
-    """State of :func:`accumulate_gradients` with ``signal="mean"`` or ``"mean_abs"``."""
-
-    grad_sum: PyTree  # like params, float32: sum of g (or |g|) since the last topology update
-    grad_count: jax.Array  # shape=(), int32: number of summed steps
-
-
-class GradientEMA(NamedTuple):
-    """State of :func:`accumulate_gradients` with ``signal="ema"``."""
-
-    grad_ema: PyTree  # like params, float32: exponential moving average of g
-    ema_decay: jax.Array  # shape=(), float32: the EMA's decay
-    ema_count: jax.Array  # shape=(), int32: steps averaged (for the bias correction)
-
-
-def _signal_step(signal: str, acc: Any, g: jax.Array, decay: Any) -> jax.Array:
-    """One step of a gradient signal's accumulator (float32)."""
-    g = g.astype(jnp.float32)
-    if signal == "ema":
-        return decay * acc + (1.0 - decay) * g
-    return acc + (jnp.abs(g) if signal == "mean_abs" else g)
-
-
-def accumulate_gradients(
-    signal: str = "mean", *, decay: float = 0.9
-) -> optax.GradientTransformation:
-    """Accumulates the dense gradients so that regrowth can read a less noisy signal than one batch.
-
-    Put it first in the chain (before :func:`mask_gradients`: inactive weights' gradients are
-    the point) and read the signal with :func:`accumulated_gradients`. ``"mean"`` and
-    ``"mean_abs"`` start afresh at each topology update (:func:`reset_optimizer_state` does
-    it); the EMA runs on.
-
-    Args:
-      signal: ``"mean"`` (signed mean of g since the last update: noise averages out),
-        ``"ema"`` (signed exponential moving average of g, bias-corrected) or ``"mean_abs"``
-        (mean of |g|: keeps the noise).
-      decay: the EMA's decay, in [0, 1).
-
-    Returns:
-      An optax transformation that passes the gradients through unchanged.
-
-    Example:
-      >>> import jax.numpy as jnp, optax, ggr_jax as gj
-      >>> tx = optax.chain(gj.accumulate_gradients("mean"), optax.sgd(0.1))
-      >>> p = {"w": jnp.ones(2)}
-      >>> s = tx.init(p)
-      >>> for g in ([1., -3.], [-1., -1.]):
-      ...     s = tx.update({"w": jnp.array(g)}, s, p)[1]
-      >>> gj.accumulated_gradients(s)["w"]
-      Array([ 0., -2.], dtype=float32)
-    """
-    if signal not in ("mean", "ema", "mean_abs"):
-        raise ValueError(f"signal must be 'mean', 'ema' or 'mean_abs', got {signal!r}")
-    check_unit_interval(decay, name="decay", closed_right=False)
-
-    def init_fn(params):
-        zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
-        count = jnp.zeros((), jnp.int32)
-        if signal == "ema":
-            return GradientEMA(zeros, jnp.asarray(decay, jnp.float32), count)
-        return AccumulatedGradients(zeros, count)
-
-    def update_fn(updates, state, params=None):
-        del params
-        if signal == "ema":
-            ema = jax.tree.map(
-                lambda a, g: _signal_step(signal, a, g, state.ema_decay), state.grad_ema, updates
-            )
-            return updates, state._replace(grad_ema=ema, ema_count=state.ema_count + 1)
-        sums = jax.tree.map(lambda a, g: _signal_step(signal, a, g, None), state.grad_sum, updates)
-        return updates, AccumulatedGradients(sums, state.grad_count + 1)
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
-def accumulated_gradients(opt_state: optax.OptState) -> PyTree:
-    """The signal of the :func:`accumulate_gradients` inside ``opt_state``.
-
-    The mean of g (or of |g|) since the last reset, or the bias-corrected EMA of g.
-    """
-    ema = optax.tree_utils.tree_get(opt_state, "grad_ema")
-    if ema is not None:
-        decay = optax.tree_utils.tree_get(opt_state, "ema_decay")
-        count = optax.tree_utils.tree_get(opt_state, "ema_count").astype(jnp.float32)
-        correction = jnp.maximum(1.0 - decay**count, 1e-12)
-        return jax.tree.map(lambda e: e / correction, ema)
-    sums = optax.tree_utils.tree_get(opt_state, "grad_sum")
-    if sums is None:
-        raise ValueError("opt_state holds no accumulate_gradients() state")
-    count = optax.tree_utils.tree_get(opt_state, "grad_count")
-    return jax.tree.map(lambda s: s / jnp.maximum(count, 1).astype(s.dtype), sums)
-
-
 class DynamicSparseState(NamedTuple):
     """State of :func:`dynamic_sparse`."""
 
@@ -172,8 +80,8 @@ class DynamicSparseState(NamedTuple):
     key: jax.Array  # PRNG key; the topology update at step t uses fold_in(key, t)
     masks: PyTree  # bool leaves like params; None for dense leaves
     inner_state: optax.OptState  # the wrapped optimizer's state
-    signal: PyTree  # float32 like the sparse params: g (or |g|) sum or g EMA ((): unused)
-    signal_count: jax.Array  # shape=(), int32: steps summed into signal
+    signal: optax.OptState  # accumulate_gradients' state (EmptyState for signal="batch")
+    momentum: PyTree  # snfs(): float32 gradient momentum like params (gradient_momentum); ()
     info: dict[str, Any]  # info of the last topology update (see redistribute)
 
 
@@ -247,6 +155,18 @@ def _check_int(value: Any, name: str, low: int) -> int:
     return int(value)
 
 
+def _no_info(masks: PyTree) -> dict[str, Any]:
+    """The ``info`` of :func:`redistribute` before any update: the active counts, no change."""
+    zero = map_sparse(lambda m: jnp.zeros((), jnp.int32), masks)
+    return {
+        "active": map_sparse(lambda m: jnp.sum(m, dtype=jnp.int32), masks),
+        "dropped": zero,
+        "grown": zero,
+        "moved": jnp.zeros((), jnp.int32),
+        "skipped": jnp.zeros((), jnp.bool_),
+    }
+
+
 def dynamic_sparse(
     inner: optax.GradientTransformation,
     masks: PyTree,
@@ -262,10 +182,13 @@ def dynamic_sparse(
 ) -> optax.GradientTransformationExtraArgs:
     """Wraps an optimizer into dynamic sparse training with the topology update on schedule.
 
-    Each step masks the gradients and updates; every ``update_every`` steps while the step is
-    below ``end_step`` it also runs :func:`redistribute` (under ``lax.cond``) on the params after
-    this step's update, returns updates that land the params exactly on the new masks, and resets
-    the optimizer state of pruned and regrown weights. Masks, key and step live in the state.
+    Each step masks the gradients and updates. Every ``update_every`` steps while the step is
+    below ``end_step`` the step first runs :func:`update_topology` (under ``lax.cond``) on the
+    params it receives: :func:`redistribute` with the method's signal, then a reset of the
+    optimizer state of pruned and regrown weights; the optimizer then updates the new topology
+    with the same gradients (the order of the experiments, see :mod:`ggr_jax._topology`). The
+    updates it returns land the params exactly on the new masks. Masks, key and step live in
+    the state.
 
     **It must be the last transform**: its updates keep the params exactly 0 outside the masks
     only if they reach ``optax.apply_updates`` unchanged. Put the learning rate, clipping and
@@ -287,9 +210,8 @@ def dynamic_sparse(
       drop_fraction: fraction of active weights dropped per update, a float or an optax
         schedule of the step (e.g. ``optax.cosine_decay_schedule(0.3, end_step)``).
       min_active: per-layer floor, see :func:`redistribute`.
-      momentum_decay: decay of the gradient EMA kept for ``snfs()`` and for
-        ``signal="ema"``.
-
+      momentum_decay: decay of SNFS's gradient momentum (:func:`gradient_momentum`) and of the
+        gradient EMA of ``signal="ema"`` (:func:`accumulate_gradients`).
       check_params: check that the params are 0 outside the masks at every update (see above).
 
     Returns:
@@ -317,115 +239,58 @@ def dynamic_sparse(
     check_method(method)
     fraction_at = _schedule(drop_fraction)
     inner = optax.with_extra_args_support(inner)
-    uses_signal = method.signal != "batch" or method.needs_momentum
-    # SNFS's momentum and GGR's "ema" signal run on across updates; "mean"/"mean_abs" restart.
-    runs_on = method.needs_momentum or method.signal == "ema"
+    signal_tx = optax.identity()
+    if method.signal != "batch":
+        signal_tx = accumulate_gradients(method.signal, decay=momentum_decay)
+    # What update_topology resets: the signal's state and the inner optimizer's, as one chain.
+    both = optax.chain(signal_tx, inner)
 
     def init_fn(params):
         check_masks(params, masks)
         if check_params:
             _check_on_masks(params, masks)
-        signal = map_sparse(lambda m: jnp.zeros(m.shape, jnp.float32), masks) if uses_signal else ()
-        zero = map_sparse(lambda m: jnp.zeros((), jnp.int32), masks)
-        info = {
-            "active": map_sparse(lambda m: jnp.sum(m, dtype=jnp.int32), masks),
-            "dropped": zero,
-            "grown": zero,
-            "moved": jnp.zeros((), jnp.int32),
-            "skipped": jnp.zeros((), jnp.bool_),
-        }
-        return DynamicSparseState(
-            jnp.zeros((), jnp.int32),
-            key,
-            masks,
-            inner.init(params),
-            signal,
-            jnp.zeros((), jnp.int32),
-            info,
-        )
+        momentum: PyTree = ()
+        if method.needs_momentum:
+            momentum = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+        step = jnp.zeros((), jnp.int32)
+        inner_state, signal = inner.init(params), signal_tx.init(params)
+        return DynamicSparseState(step, key, masks, inner_state, signal, momentum, _no_info(masks))
 
     def update_fn(grads, state, params=None, **extra_args):
         if params is None:
             raise ValueError("dynamic_sparse needs params: call tx.update(grads, state, params)")
-        masks_now = state.masks
         if check_params:
-            _check_on_masks(params, masks_now)
-        updates, inner_state = inner.update(
-            apply_masks(grads, masks_now), state.inner_state, params, **extra_args
-        )
-        updates = apply_masks(updates, masks_now)
-        signal, count = state.signal, state.signal_count + 1
+            _check_on_masks(params, state.masks)
+        step, momentum = state.step, state.momentum
         if method.needs_momentum:
-            signal = map_sparse(
-                lambda m, s, g: momentum_decay * s + (1 - momentum_decay) * g.astype(jnp.float32),
-                masks_now,
-                signal,
-                grads,
-            )
-        elif method.signal != "batch":
-            signal = map_sparse(
-                lambda m, s, g: _signal_step(method.signal, s, g, momentum_decay),
-                masks_now,
-                signal,
-                grads,
-            )
-        step = state.step
-        due = (step > 0) & (step % update_every == 0) & (step < end_step)
-
-        def topology_update():
-            moved = optax.apply_updates(params, updates)
-            grad_signal, momentum = grads, None
-            if method.needs_momentum:
-                momentum = map_sparse(
-                    lambda m, s, g: s, masks_now, signal, grads, dense=lambda s, g: g
-                )
-            elif method.signal != "batch":
-                n = count.astype(jnp.float32)
-                norm = 1.0 - momentum_decay**n if method.signal == "ema" else n
-                grad_signal = map_sparse(
-                    lambda m, s, g: s / norm, masks_now, signal, grads, dense=lambda s, g: g
-                )
-            _, new_masks, info = redistribute(
-                moved,
-                masks_now,
-                grad_signal,
-                jax.random.fold_in(state.key, step),
-                method=method,
-                fraction=fraction_at(step),
-                min_active=min_active,
-                momentum=momentum,
-            )
-            new_updates = map_sparse(
-                lambda m, u, p: jnp.where(m, u, -p),
-                new_masks,
-                updates,
-                params,
-                dense=lambda u, p: u,
-            )
-            new_inner = reset_optimizer_state(inner, inner_state, masks_now, new_masks)
-            if method.needs_momentum:
-                # Regrown weights start with zero momentum; inactive positions keep theirs, as
-                # it is their growth signal at the next update.
-                new_signal = map_sparse(
-                    lambda m, mn, s: jnp.where(mn & ~m, 0.0, s), masks_now, new_masks, signal
-                )
-                new_count = count
-            elif runs_on:
-                new_signal, new_count = signal, count
-            else:
-                new_signal = jax.tree.map(jnp.zeros_like, signal)
-                new_count = jnp.zeros((), jnp.int32)
-            return new_updates, new_masks, new_inner, new_signal, new_count, info
-
-        def no_update():
-            return updates, masks_now, inner_state, signal, count, state.info
-
-        updates, new_masks, inner_state, signal, count, info = lax.cond(
-            due, topology_update, no_update
+            momentum = gradient_momentum(momentum, grads, decay=momentum_decay)
+        due = is_update_step(step, update_every, end_step)
+        new_params, masks, (signal, inner_state), info = update_topology(
+            params,
+            state.masks,
+            grads,
+            (state.signal, state.inner_state),
+            jax.random.fold_in(state.key, step),
+            optimizer=both,
+            method=method,
+            fraction=fraction_at(step),
+            min_active=min_active,
+            momentum=momentum if method.needs_momentum else None,
+            due=due,
         )
-        return updates, DynamicSparseState(
-            step + 1, state.key, new_masks, inner_state, signal, count, info
+        _, signal = signal_tx.update(grads, signal)
+        updates, inner_state = inner.update(
+            apply_masks(grads, masks), inner_state, new_params, **extra_args
         )
+        # Active weights move by the inner updates; the rest land exactly on 0 (pruned ones too).
+        updates = map_sparse(
+            lambda m, u, p: jnp.where(m, u, -p), masks, updates, params, dense=lambda u, p: u
+        )
+        info = jax.tree.map(lambda new, old: jnp.where(due, new, old), info, state.info)
+        new_state = DynamicSparseState(
+            step + 1, state.key, masks, inner_state, signal, momentum, info
+        )
+        return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -24,7 +24,23 @@ def is_none(x: Any) -> bool:
 
 
 def path_str(path: Sequence[Any]) -> str:
-    """A readable leaf path such as ``params/Dense_0/kernel``."""
+    """A readable leaf path such as ``params/Dense_0/kernel``: the names leaves go by here.
+
+    Error messages, ``sparsifiable(include=..., exclude=...)`` and a ``min_active`` callable
+    name leaves this way: dict keys, attribute names and sequence indices joined with ``/``.
+
+    Args:
+      path: a key path, as ``jax.tree_util.tree_flatten_with_path`` gives it.
+
+    Returns:
+      The path as a string.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, ggr_jax as gj
+      >>> tree = {"params": {"Dense_0": {"kernel": jnp.ones((2, 3))}}, "stats": [jnp.ones(3)]}
+      >>> [gj.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+      ['params/Dense_0/kernel', 'stats/0']
+    """
     parts = []
     for k in path:
         for attr in ("key", "name", "idx"):

@@ -174,13 +174,12 @@ def battery(inner, method_name):
             assert {k: int(new_m[k].sum()) for k in SPARSE} == counts0
         inner = per_weight_state(new_state.inner_state)
         for k in SPARSE:
-            m_old, m_new = np.asarray(old_m[k]), np.asarray(new_m[k])
+            m_new = np.asarray(new_m[k])
             assert new_m[k].dtype == jnp.bool_
             p_new = np.asarray(new_params[k])
             assert not np.any(p_new[~m_new])  # exactly 0 outside the masks
-            assert not np.any(p_new[m_new & ~m_old])  # regrown weights start at 0
-            for x in inner[k]:  # optimizer state of inactive, pruned and regrown weights is 0
-                assert not np.any(x[~(m_old & m_new)])
+            for x in inner[k]:  # optimizer state of inactive (and just pruned) weights is 0
+                assert not np.any(x[~m_new])
         if t in DUE:
             assert not bool(new_state.info["skipped"])
             assert int(new_state.info["active"]["a"]) == int(new_m["a"].sum())
@@ -231,7 +230,8 @@ def test_dynamic_sparse_signals_strict_bf16(method):
             grads = jax.tree.map(jnp.ones_like, params)
             updates, state = jax.jit(tx.update)(grads, state, params)
             params = optax.apply_updates(params, updates)
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.signal))
+    signals = [x for x in jax.tree.leaves((state.signal, state.momentum)) if x.ndim > 0]
+    assert signals and all(x.dtype == jnp.float32 for x in signals)
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
 
 
@@ -268,9 +268,9 @@ def test_drop_fraction_schedule_and_end_step():
 
 
 def test_dynamic_sparse_applies_redistribute_exactly():
-    # The smallest active weight has the largest gradient: RigL prunes it and regrows it at once.
-    # dynamic_sparse must land the params exactly where redistribute puts them. After two steps
-    # |a| is 3, 0.90625, 1, 2: (0,2) and (1,0) are pruned, (0,2) and (1,2) regrown.
+    # The topology update runs first, on the params it receives, then the inner optimizer
+    # updates the new topology with the same gradients. After step 0 |a| is 3, 0.0625, 1, 2:
+    # (0,2) and (1,0) are pruned at step 1, (0,2) (largest gradient) and (1,2) regrown.
     params = {"a": jnp.array([[3.0, 0.0, 0.5], [1.0, 2.0, 0.0]]), "bias": jnp.zeros(3)}
     masks = {"a": params["a"] != 0, "bias": None}
     grads = {"a": jnp.array([[0.0, 1.0, 9.0], [0.0, 0.0, 2.0]]), "bias": jnp.ones(3)}
@@ -291,11 +291,9 @@ def test_dynamic_sparse_applies_redistribute_exactly():
     params = optax.apply_updates(params, updates)
     updates, new_state = jax.jit(tx.update)(grads, state, params)  # step 1: topology update
     new_params = optax.apply_updates(params, updates)
-    # the same update by hand: inner step on masked grads, then redistribute
-    plain_updates, _ = inner.update(gj.apply_masks(grads, masks), state.inner_state, params)
-    moved = optax.apply_updates(params, gj.apply_masks(plain_updates, masks))
+    # the same step by hand: redistribute, reset the inner state, inner step on the new masks
     want_p, want_m, info = gj.redistribute(
-        moved,
+        params,
         masks,
         grads,
         jax.random.fold_in(key, 1),
@@ -304,15 +302,21 @@ def test_dynamic_sparse_applies_redistribute_exactly():
         min_active=0,
     )
     assert int(info["dropped"]["a"]) == 2 and int(info["grown"]["a"]) == 2
+    np.testing.assert_array_equal(want_m["a"], [[True, False, True], [False, True, True]])
+    inner_state = gj.reset_optimizer_state(inner, state.inner_state, masks, want_m)
+    plain, want_inner = inner.update(gj.apply_masks(grads, want_m), inner_state, want_p)
+    want = optax.apply_updates(want_p, gj.apply_masks(plain, want_m))
     np.testing.assert_array_equal(gj.get_masks(new_state)["a"], want_m["a"])
-    np.testing.assert_array_equal(new_params["a"], want_p["a"])
-    np.testing.assert_array_equal(new_params["bias"], moved["bias"])
+    np.testing.assert_array_equal(new_params["a"], want["a"])
+    np.testing.assert_array_equal(new_params["bias"], want["bias"])
+    chex.assert_trees_all_equal(new_state.inner_state, want_inner)
+    assert int(new_state.info["grown"]["a"]) == 2
 
 
 def test_accumulated_signal_differs_from_batch():
     # Free position (0,1) had |g| = 10 on steps 0..2 and 0 on step 3; (1,0) (pruned at step 3)
     # has 5 on step 3 only. At the update on step 3 the batch signal regrows (1,0), the mean
-    # since the last update (7.5 vs 1.25) regrows (0,1).
+    # over the steps since the last update (10 vs 0: steps 0..2) regrows (0,1).
     params = {"a": jnp.array([[3.0, 0.0], [1.0, 2.0]])}
     masks = {"a": params["a"] != 0}
     early = {"a": jnp.array([[0.0, 10.0], [0.0, 0.0]])}
@@ -341,13 +345,14 @@ def test_accumulated_signal_differs_from_batch():
 
 
 def test_signed_mean_averages_noise_out():
-    # Free position (0,1) sees g = +10, -10, +10, -10 (noise: mean 0, mean |g| 10); (1,0), pruned
-    # at step 3, sees 1 on every step. The signed mean (0 vs 1) and the EMA (|-0.181| vs 0.344,
-    # before the common bias correction) regrow (1,0); the mean |g| and the batch (|-10| at
-    # step 3) regrow (0,1).
+    # Free position (0,1) sees g = +10, -10, +10, -10, +10 (noise: mean 0, mean |g| 10); (1,0),
+    # pruned at step 4, sees 1 on every step. The update at step 4 reads steps 0..3 for the
+    # accumulated signals: the signed mean (0 vs 1) and the EMA (|-0.181| vs 0.344, before the
+    # common bias correction) regrow (1,0); the mean |g| and the batch (|+10| at step 4) regrow
+    # (0,1).
     params = {"a": jnp.array([[3.0, 0.0], [1.0, 2.0]])}
     masks = {"a": params["a"] != 0}
-    grads = [{"a": jnp.array([[0.0, 10.0 * (-1) ** t], [1.0, 0.0]])} for t in range(4)]
+    grads = [{"a": jnp.array([[0.0, 10.0 * (-1) ** t], [1.0, 0.0]])} for t in range(5)]
     result = {}
     for signal in ("batch", "mean_abs", "mean", "ema"):
         tx = gj.dynamic_sparse(
@@ -355,7 +360,7 @@ def test_signed_mean_averages_noise_out():
             masks,
             key=jax.random.key(0),
             method=gj.rigl(signal=signal),
-            update_every=3,
+            update_every=4,
             end_step=10,
             drop_fraction=0.34,
             min_active=0,
@@ -393,7 +398,9 @@ def test_dynamic_sparse_errors():
         )
 
 
-def test_snfs_momentum_zeroed_only_where_regrown():
+def test_snfs_momentum_is_the_gradient_ema_across_updates():
+    # SNFS's momentum includes the step's gradient before the update reads it, and topology
+    # updates leave it as it is: regrowth goes to the largest momentum.
     params = {"w": jnp.arange(1.0, 17.0).reshape(4, 4)}
     masks = {"w": params["w"] > 8}
     params = gj.apply_masks(params, masks)
@@ -411,13 +418,60 @@ def test_snfs_momentum_zeroed_only_where_regrown():
     update = jax.jit(tx.update)
     grads = {"w": jnp.linspace(2.0, 1.0, 16).reshape(4, 4)}  # inactive ones largest
     state = tx.init(params)
-    for _ in range(2):
+    ema = jnp.zeros((4, 4))
+    for _ in range(3):  # step 2: topology update
         _, state = update(grads, state, params)
-    before = state.signal["w"]
-    _, state = update(grads, state, params)  # step 2: topology update
+        ema = 0.5 * ema + 0.5 * grads["w"]
+    np.testing.assert_array_equal(state.momentum["w"], ema)
     old, new = masks["w"], gj.get_masks(state)["w"]
-    ema = 0.5 * before + 0.5 * grads["w"]
     regrown = new & ~old
-    assert int(regrown.sum()) > 0
-    np.testing.assert_array_equal(state.signal["w"][regrown], 0.0)
-    np.testing.assert_array_equal(state.signal["w"][~regrown], ema[~regrown])
+    assert int(regrown.sum()) == 4
+    np.testing.assert_array_equal(np.flatnonzero(regrown), [0, 1, 2, 3])
+
+
+def test_update_topology_under_cond_is_the_plain_update():
+    params, masks = model()
+    tx = optax.chain(gj.accumulate_gradients("ema"), gj.mask_gradients(), optax.adam(1e-2))
+    grads = jax.tree.map(lambda p: jnp.cos(p * 3.0), params)
+    opt_state = tx.update(grads, tx.init(params), params, masks=masks)[1]
+    kw = dict(optimizer=tx, method=gj.ggr(signal="ema"), fraction=jnp.float32(0.3))
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(due, params, masks, opt_state):
+        return gj.update_topology(params, masks, grads, opt_state, jax.random.key(1), due=due, **kw)
+
+    got = step(jnp.bool_(True), params, masks, opt_state)
+    want = jax.jit(lambda p, m, s: gj.update_topology(p, m, grads, s, jax.random.key(1), **kw))(
+        params, masks, opt_state
+    )
+    chex.assert_trees_all_equal(got, want)
+    assert any(bool((got[1][k] != masks[k]).any()) for k in SPARSE)
+    kept = step(jnp.bool_(False), params, masks, opt_state)
+    chex.assert_trees_all_equal(kept[:3], (params, masks, opt_state))
+    assert not any(bool(x.any()) for x in jax.tree.leaves(kept[3]))
+
+
+def test_is_update_step_and_gradient_momentum():
+    assert [t for t in range(12) if gj.is_update_step(t, 3, 10)] == [3, 6, 9]
+    traced = jax.jit(gj.is_update_step, static_argnums=(1, 2))
+    assert [t for t in range(12) if bool(traced(jnp.int32(t), 3, 10))] == [3, 6, 9]
+    m = gj.gradient_momentum({"w": jnp.ones(2)}, {"w": jnp.array([3.0, -1.0], jnp.bfloat16)})
+    assert m["w"].dtype == jnp.float32
+    np.testing.assert_allclose(m["w"], [0.9 + 0.1 * 3.0, 0.9 - 0.1])
+
+
+def test_update_topology_names_the_missing_accumulator():
+    params, masks = model()
+    tx = optax.chain(gj.mask_gradients(), optax.sgd(0.1))
+    with pytest.raises(ValueError, match=r"chain gj.accumulate_gradients\('mean'\) in front"):
+        gj.update_topology(
+            params,
+            masks,
+            params,
+            tx.init(params),
+            jax.random.key(0),
+            optimizer=tx,
+            method=gj.ggr(signal="mean"),
+            fraction=0.3,
+        )
