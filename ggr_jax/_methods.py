@@ -9,10 +9,16 @@ Sparse Training", https://arxiv.org/abs/2210.14012
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
-NORMALIZE = (None, "l2", "rms", "mean", "max", "weight")
-SIGNAL = ("batch", "mean", "ema", "mean_abs")
+# The stage names: keys of ggr_jax._redistribute.ALLOCATE / PLACE ("none": static training).
+# A new stage function gets its name here and its entry in that table.
+Allocate = Literal["per_layer", "global_gradient", "momentum", "none"]
+Place = Literal["gradient", "random", "mixed", "momentum", "none"]
+Normalize = Literal["l2", "rms", "mean", "max", "weight"]
+Signal = Literal["batch", "mean", "ema", "mean_abs"]
+NORMALIZE = (None, *get_args(Normalize))
+SIGNAL = get_args(Signal)
 
 
 class Method(NamedTuple):
@@ -50,12 +56,12 @@ class Method(NamedTuple):
     """
 
     name: str
-    allocate: str = "per_layer"
-    place: str = "gradient"
+    allocate: Allocate = "per_layer"
+    place: Place = "gradient"
     rho: float = 1.0
-    normalize: str | None = None
+    normalize: Normalize | None = None
     regrow_pruned: bool = True
-    signal: str = "batch"
+    signal: Signal = "batch"
     unit_floor: bool = False
     nm_group: int | None = None
 
@@ -81,7 +87,7 @@ def set_() -> Method:
     return Method("set", allocate="per_layer", place="random")
 
 
-def rigl(*, signal: str = "batch") -> Method:
+def rigl(*, signal: Signal = "batch") -> Method:
     """RigL: magnitude pruning, per-layer regrowth where |gradient| is largest.
 
     Reference: Evci et al. 2020, https://arxiv.org/abs/1911.11134
@@ -102,9 +108,9 @@ def snfs() -> Method:
 def ggr(
     *,
     rho: float = 1.0,
-    normalize: str | None = "l2",
+    normalize: Normalize | None = "l2",
     regrow_pruned: bool = True,
-    signal: str = "mean",
+    signal: Signal = "mean",
     unit_floor: bool = False,
 ) -> Method:
     """GGR: Global Gradient-based Redistribution.

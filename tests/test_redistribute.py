@@ -609,3 +609,19 @@ def test_redistribute_properties(name, seed, density, fraction):
             np.testing.assert_array_equal(new_p[k], params[k])
     if name in ("rigl", "set"):
         assert after == before
+
+
+def test_method_literal_types_name_exactly_the_stage_tables():
+    """Method's Literal field types and redistribute's stage tables list the same names, so a
+    new stage is one function, one table entry and one name in the Literal."""
+    from typing import get_args
+
+    from ggr_jax import _methods, _redistribute
+
+    assert set(get_args(_methods.Allocate)) == {*_redistribute.ALLOCATE, "none"}
+    assert set(get_args(_methods.Place)) == {*_redistribute.PLACE, "none"}
+    for allocate in _redistribute.ALLOCATE:
+        for place in _redistribute.PLACE:
+            _redistribute.check_method(gj.Method("m", allocate=allocate, place=place))
+    with pytest.raises(ValueError, match="allocate"):
+        _redistribute.check_method(gj.Method("m", allocate="sideways"))  # type: ignore[arg-type]
