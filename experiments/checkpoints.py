@@ -24,13 +24,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+import ggr_jax as gj
 from experiments.errors import UserError
 
 CHECKSUM_FORMAT = "crc32 of dtype, shape and C-order bytes of each state leaf"
-
-
-def _leaf_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 def checksums(state) -> dict[str, str]:
@@ -40,7 +37,7 @@ def checksums(state) -> dict[str, str]:
     for path, leaf in flat:
         a = np.ascontiguousarray(np.asarray(leaf))
         crc = zlib.crc32(f"{a.dtype.str}{a.shape}".encode())
-        out[_leaf_name(path)] = f"{zlib.crc32(a.tobytes(), crc):08x}"
+        out[gj.path_str(path)] = f"{zlib.crc32(a.tobytes(), crc):08x}"
     return out
 
 

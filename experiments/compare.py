@@ -29,7 +29,7 @@ def _csv(text: str, kind=str) -> tuple:
 
 
 def _parser():
-    p = main._Parser(prog="python -m experiments.compare", description=__doc__.split("\n\n")[0])
+    p = main.Parser(prog="python -m experiments.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", default=None, help=f"a named grid: {', '.join(grids.GRIDS)}")
     p.add_argument("--config", default=None, help=f"one of: {', '.join(configs.NAMES)}")
     p.add_argument("--methods", default=None, help="comma-separated, e.g. dense,rigl,ggr")
@@ -164,12 +164,8 @@ def run_grid(grid: dict, workdir: str, workers: int = 0, progress: bool = True) 
     return results
 
 
-def _compare(argv: list[str]) -> int:
-    parser = _parser()
-    if any(a in ("-h", "--help") for a in argv):
-        parser.print_help()
-        return 0
-    args, rest = parser.parse_known_args(argv)
+def _grid(args, rest: list[str]) -> dict:
+    """The grid of the command line: a named grid or a config, with the flags applied."""
     if args.grid:
         grid = grids.get_grid(args.grid)
     elif args.config:
@@ -193,6 +189,11 @@ def _compare(argv: list[str]) -> int:
     defaults = configs.get_config(grid["config"])
     overrides.update({k: config[k] for k in config if config[k] != defaults[k]})
     grid["overrides"] = overrides
+    _check_grid(grid)
+    return grid
+
+
+def _check_grid(grid: dict) -> None:
     from experiments import methods
 
     for m in grid["methods"]:
@@ -205,6 +206,15 @@ def _compare(argv: list[str]) -> int:
     for s in grid["sparsities"]:
         if not 0.0 <= s < 1.0:
             raise UserError(f"sparsity must be in [0, 1), got {s}")
+
+
+def _compare(argv: list[str]) -> int:
+    parser = _parser()
+    if any(a in ("-h", "--help") for a in argv):
+        parser.print_help()
+        return 0
+    args, rest = parser.parse_known_args(argv)
+    grid = _grid(args, rest)
     if args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     name = args.grid or grid["config"]
@@ -232,7 +242,7 @@ def _compare(argv: list[str]) -> int:
 
 
 def compare_main(argv: list[str] | None = None) -> int:
-    return main._run(lambda: _compare(sys.argv[1:] if argv is None else argv))
+    return main.run_cli(lambda: _compare(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -10,41 +10,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import ggr_jax as gj
+from experiments.metrics import layer_of
 
-def _path(keys) -> tuple[str, ...]:
-    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in keys)
 
-
-def kernel_flops(model, variables, input_shape) -> dict[tuple[str, ...], float]:
-    """Dense FLOPs per example for each kernel (ndim >= 2 leaf), keyed by its params path."""
+def kernel_flops(model, variables, input_shape) -> dict[str, float]:
+    """Dense FLOPs per example for each kernel (ndim >= 2 leaf), keyed by its params path
+    (``gj.path_str``, e.g. ``Dense_0/kernel``)."""
     x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
 
     def forward(v, x):
         return model.apply(v, x, train=False, capture_intermediates=True, mutable=["intermediates"])
 
     _, state = jax.eval_shape(forward, variables, x)
-    outputs = {}
+    outputs = {}  # module path -> output shape
     for keys, leaf in jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]:
-        path = _path(keys)
-        if len(path) >= 2 and path[-2] == "__call__":
-            outputs[path[:-2]] = leaf.shape
+        if len(keys) >= 2 and gj.path_str(keys[-2:-1]) == "__call__":
+            outputs[gj.path_str(keys[:-2])] = leaf.shape
     flops = {}
     for keys, leaf in jax.tree_util.tree_flatten_with_path(variables["params"])[0]:
-        path = _path(keys)
-        if leaf.ndim < 2 or path[:-1] not in outputs:
+        module = gj.path_str(keys[:-1])
+        if leaf.ndim < 2 or module not in outputs:
             continue
-        out = outputs[path[:-1]]
+        out = outputs[module]
         positions = int(np.prod(out[1:-1])) if len(out) > 2 else 1
-        flops[path] = 2.0 * leaf.size * positions
+        flops[gj.path_str(keys)] = 2.0 * leaf.size * positions
     return flops
 
 
-def relative_flops(flops: dict[tuple[str, ...], float], masks) -> float:
+def relative_flops(flops: dict[str, float], masks) -> float:
     """Sparse / dense inference FLOPs; kernels without a mask count as dense."""
     density = {}
     for keys, m in jax.tree_util.tree_flatten_with_path(masks)[0]:
         m = np.asarray(m)
-        density[_path(keys)] = float(m.sum()) / m.size
+        density[gj.path_str(keys)] = float(m.sum()) / m.size
     total = sum(flops.values())
     sparse = sum(f * density.get(p, 1.0) for p, f in flops.items())
     return sparse / total if total else 1.0
@@ -52,9 +51,7 @@ def relative_flops(flops: dict[tuple[str, ...], float], masks) -> float:
 
 def layer_flops(model, variables, input_shape) -> dict[str, float]:
     """:func:`kernel_flops` keyed by layer name (as in metrics records, e.g. ``Dense_0``)."""
-    from experiments.metrics import layer_name
-
-    return {layer_name(p): f for p, f in kernel_flops(model, variables, input_shape).items()}
+    return {layer_of(p): f for p, f in kernel_flops(model, variables, input_shape).items()}
 
 
 def training_flops_ratio(

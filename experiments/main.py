@@ -13,7 +13,9 @@ from experiments import configs
 from experiments.errors import UserError
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one `UserError` line (exit code 2 via `run_cli`)."""
+
     def error(self, message):  # one line instead of usage + error
         raise UserError(message)
 
@@ -71,7 +73,7 @@ def build_config(name: str, overrides: list[str]):
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="python -m experiments.train",
         description=(
             "Train dense and dynamic sparse networks (GGR, RigL, SET, SNFS, static). "
@@ -96,7 +98,9 @@ def _train_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(fn) -> int:
+def run_cli(fn) -> int:
+    """Runs a command ``fn() -> exit code``; a `UserError` (and the machine's OSError, ^C, a
+    closed pipe) ends in one ``error:`` line and its exit code instead of a traceback."""
     try:
         return fn()
     except UserError as e:
@@ -121,7 +125,7 @@ def _run(fn) -> int:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    return _run(lambda: _train(sys.argv[1:] if argv is None else argv))
+    return run_cli(lambda: _train(sys.argv[1:] if argv is None else argv))
 
 
 def check_workdir(workdir: str) -> None:
@@ -159,7 +163,7 @@ def _train(argv: list[str]) -> int:
 
     import jax
 
-    from experiments import methods, report, train  # heavy imports after the cheap checks
+    from experiments import methods, report, training  # heavy imports after the cheap checks
 
     methods.check(config)
     n = jax.device_count()
@@ -170,7 +174,7 @@ def _train(argv: list[str]) -> int:
         flush=True,
     )
     start = time.time()
-    results = train.train_methods(
+    results = training.train_methods(
         config, workdir, resume=args.resume, progress=not args.no_progress
     )
     if args.tensorboard:

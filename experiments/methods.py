@@ -153,6 +153,19 @@ def gmp_prune(method: GMP, params, masks, step, delta_t: int, t_end: int):
     return new_params, new_masks, info
 
 
+def rewire(method, step, delta_t: int, t_end: int):
+    """``gj.update_topology``'s ``rewire`` for ``method``: GMP's prune at ``step``; None (the
+    library's ``redistribute``) for every ``gj.Method``."""
+    if not isinstance(method, GMP):
+        return None
+
+    def prune(params, masks, signal, key):
+        del signal, key  # magnitude only
+        return gmp_prune(method, params, masks, step, delta_t, t_end)
+
+    return prune
+
+
 def learning_rate(config, steps_per_epoch: int) -> optax.Schedule:
     total = config.num_epochs * steps_per_epoch
     warmup = int(config.warmup_epochs * steps_per_epoch)
@@ -186,11 +199,6 @@ def drop_fraction(alpha: float, t_end: int) -> optax.Schedule:
 def end_step(end_fraction: float, total_steps: int) -> int:
     """t_end: the step from which the masks are frozen."""
     return int(end_fraction * total_steps)
-
-
-def is_update_step(step, delta_t: int, t_end: int):
-    """Topology updates happen every delta_t steps in 0 < step < t_end (python ints or traced)."""
-    return (step > 0) & (step % delta_t == 0) & (step < t_end)
 
 
 def make_optimizer(config, method: gj.Method | None, steps_per_epoch: int):

@@ -6,13 +6,18 @@ import os
 import jax
 import numpy as np
 
+import ggr_jax as gj
+
+
+def layer_of(path: str) -> str:
+    """A leaf's layer from its path (``gj.path_str``): 'Dense_0/kernel' -> 'Dense_0'."""
+    return path.removesuffix("/kernel")
+
 
 def layer_name(keys) -> str:
-    """'Dense_0/kernel' -> 'Dense_0'; nested modules are joined with '/'."""
-    parts = [str(getattr(k, "key", getattr(k, "name", k))) for k in keys]
-    if len(parts) > 1 and parts[-1] == "kernel":
-        parts = parts[:-1]
-    return "/".join(parts)
+    """The layer name of a key path: 'Dense_0/kernel' -> 'Dense_0'; nested modules are joined
+    with '/' (``gj.path_str``)."""
+    return layer_of(gj.path_str(keys))
 
 
 def per_layer(tree) -> dict[str, float | int]:
@@ -22,6 +27,53 @@ def per_layer(tree) -> dict[str, float | int]:
         v = np.asarray(leaf)
         out[layer_name(keys)] = v.item()
     return out
+
+
+def layer_sizes(masks) -> dict[str, int]:
+    """{layer name: number of weights} of the sparse layers."""
+    return per_layer(jax.tree.map(lambda m: m.size, masks))
+
+
+def densities(masks, layer_size: dict) -> dict:
+    """Exact per-layer and global densities from the integer active counts."""
+    return densities_of(per_layer(gj.active_counts(masks)), layer_size)
+
+
+def densities_of(active: dict, layer_size: dict) -> dict:
+    """``{"density": {layer: active / size}, "global_density": ...}`` of active counts."""
+    return {
+        "density": {k: active[k] / layer_size[k] for k in active},
+        "global_density": sum(active.values()) / sum(layer_size[k] for k in active),
+    }
+
+
+def init_record(masks, layer_size: dict) -> dict:
+    """The ``init`` record: the initial densities and each layer's size."""
+    return {
+        "type": "init",
+        "step": 0,
+        "epoch": 0.0,
+        **densities(masks, layer_size),
+        "size": layer_size,
+    }
+
+
+def topology_record(step: int, steps_per_epoch: int, fraction, info, layer_size: dict) -> dict:
+    """The ``topology`` record of the update at ``step`` from its ``info`` (as redistribute's)."""
+    info = jax.device_get(info)
+    active = per_layer(info["active"])
+    return {
+        "type": "topology",
+        "step": step,
+        "epoch": step / steps_per_epoch,
+        "fraction": float(fraction),
+        **densities_of(active, layer_size),
+        "active": active,
+        "dropped": per_layer(info["dropped"]),
+        "grown": per_layer(info["grown"]),
+        "moved": int(info["moved"]),
+        "skipped": bool(info["skipped"]),
+    }
 
 
 def _plain(x):

@@ -1,10 +1,10 @@
 """The train state and the pure train / eval steps (jitted by the caller).
 
-The masks live in the train state next to the params. A topology update at step t (see
-`methods.is_update_step`) runs before that step's optimizer update and uses the same batch
-gradient (or the signal accumulated since the last update, or SNFS's gradient EMA): redistribute
--> reset the optimizer state of pruned and regrown weights -> masked optimizer step with the new
-masks.
+The masks live in the train state next to the params. A topology update at step t
+(``gj.is_update_step``) runs before that step's optimizer update and uses the same batch
+gradient (or the signal accumulated since the last update, or SNFS's gradient momentum): the
+library's ``gj.update_topology`` (redistribute -> reset the optimizer state of pruned and
+regrown weights), then the masked optimizer step with the new masks.
 """
 
 import functools
@@ -44,9 +44,10 @@ class StepConfig(NamedTuple):
     min_active: int | None  # None: the library default (shape[-1] per layer)
 
 
-def step_config(config, dataset, total_steps: int) -> StepConfig:
+def step_config(config, dataset, total_steps: int, method) -> StepConfig:
+    """The step's settings; ``method`` is ``methods.make_method(config)``."""
     return StepConfig(
-        methods.make_method(config),
+        method,
         dataset.mean,
         dataset.std,
         bool(config.augment),
@@ -66,28 +67,28 @@ _initial_masks = jax.jit(
 )
 
 
-def create_train_state(config, model, tx, input_shape) -> TrainState:
-    """Initial params, masks and optimizer state from ``config.seed``."""
-    method = methods.make_method(config)
+def create_train_state(config, model, tx, input_shape, method) -> TrainState:
+    """Initial params, masks and optimizer state from ``config.seed``; ``method`` is
+    ``methods.make_method(config)``."""
     init_key, mask_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     dummy = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
-    variables = jax.jit(functools.partial(model.init, train=False))(init_key, dummy)
+    initial = jax.jit(functools.partial(model.init, train=False))(init_key, dummy)
     masks = _initial_masks(
-        variables["params"],
+        initial["params"],
         mask_key,
         method=config.method,
         init=config.init,
         sparsity=float(config.sparsity),
         dense_first=bool(config.dense_first),
     )
-    params = jax.jit(gj.apply_masks)(variables["params"], masks)
+    params = jax.jit(gj.apply_masks)(initial["params"], masks)
     momentum = ()
     if method is not None and method.needs_momentum:
         momentum = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     return TrainState(
         jnp.zeros((), jnp.int32),
         params,
-        variables.get("batch_stats", {}),
+        initial.get("batch_stats", {}),
         masks,
         jax.jit(tx.init)(params),
         momentum,
@@ -116,8 +117,48 @@ def augment(x, key):
     return jnp.where(flip, x[:, :, ::-1, :], x)
 
 
-def _variables(params, batch_stats):
+def variables(params, batch_stats) -> dict:
+    """The model's variables: ``{"params": ..., "batch_stats": ...}`` (no empty batch_stats)."""
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def _loss_and_grads(state: TrainState, x, labels, *, model, label_smoothing: float):
+    """``((loss, (logits, new batch_stats)), grads)`` of one training batch."""
+
+    def loss_fn(params):
+        v = variables(params, state.batch_stats)
+        if state.batch_stats:
+            logits, new_vars = model.apply(v, x, train=True, mutable=["batch_stats"])
+            new_stats = new_vars["batch_stats"]
+        else:
+            logits, new_stats = model.apply(v, x, train=True), state.batch_stats
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        return loss, (logits, new_stats)
+
+    return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+
+
+def _topology(state: TrainState, grads, momentum, key, *, tx, cfg: StepConfig, topology):
+    """``gj.update_topology`` of this step: ``(params, masks, opt_state, info)``; info is None
+    when the method is not dynamic or ``topology`` is False."""
+    method, step = cfg.method, state.step
+    if not methods.is_dynamic(method) or topology is False:
+        return state.params, state.masks, state.opt_state, None
+    return gj.update_topology(
+        state.params,
+        state.masks,
+        grads,
+        state.opt_state,
+        key,
+        optimizer=tx,
+        method=method,
+        fraction=methods.drop_fraction(cfg.drop_fraction, cfg.t_end)(step),
+        min_active=cfg.min_active,
+        momentum=momentum if method.needs_momentum else None,
+        due=gj.is_update_step(step, cfg.delta_t, cfg.t_end) if topology == "cond" else None,
+        rewire=methods.rewire(method, step, cfg.delta_t, cfg.t_end),
+    )
 
 
 def train_step(state: TrainState, batch, *, model, tx, cfg: StepConfig, topology):
@@ -130,62 +171,15 @@ def train_step(state: TrainState, batch, *, model, tx, cfg: StepConfig, topology
     x = preprocess(images, cfg.mean, cfg.std)
     if cfg.augment:
         x = augment(x, k_aug)
-
-    def loss_fn(params):
-        variables = _variables(params, state.batch_stats)
-        if state.batch_stats:
-            logits, new_vars = model.apply(variables, x, train=True, mutable=["batch_stats"])
-            new_stats = new_vars["batch_stats"]
-        else:
-            logits, new_stats = model.apply(variables, x, train=True), state.batch_stats
-        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), cfg.label_smoothing)
-        loss = optax.softmax_cross_entropy(logits, targets).mean()
-        return loss, (logits, new_stats)
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    method = cfg.method
+    (loss, (logits, batch_stats)), grads = _loss_and_grads(
+        state, x, labels, model=model, label_smoothing=cfg.label_smoothing
+    )
     momentum = state.momentum
-    if method is not None and method.needs_momentum:
-        beta = cfg.snfs_momentum
-        momentum = jax.tree.map(lambda m, g: beta * m + (1 - beta) * g, momentum, grads)
-
-    params, masks, opt_state, info = state.params, state.masks, state.opt_state, None
-    if methods.is_dynamic(method) and topology is not False:
-        fraction_at = methods.drop_fraction(cfg.drop_fraction, cfg.t_end)
-
-        def update(operand):
-            params, masks, opt_state = operand
-            signal = gj.accumulated_gradients(opt_state) if method.signal != "batch" else grads
-            if isinstance(method, methods.GMP):
-                new_params, new_masks, info = methods.gmp_prune(
-                    method, params, masks, step, cfg.delta_t, cfg.t_end
-                )
-            else:
-                new_params, new_masks, info = gj.redistribute(
-                    params,
-                    masks,
-                    signal,
-                    k_topo,
-                    method=method,
-                    fraction=fraction_at(step),
-                    min_active=cfg.min_active,
-                    momentum=momentum if method.needs_momentum else None,
-                )
-            new_opt_state = gj.reset_optimizer_state(tx, opt_state, masks, new_masks)
-            return (new_params, new_masks, new_opt_state), info
-
-        operand = (params, masks, opt_state)
-        if topology == "cond":
-            info_shape = jax.eval_shape(update, operand)[1]
-
-            def keep(operand):
-                return operand, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), info_shape)
-
-            update_now = methods.is_update_step(step, cfg.delta_t, cfg.t_end)
-            (params, masks, opt_state), info = jax.lax.cond(update_now, update, keep, operand)
-        else:
-            (params, masks, opt_state), info = update(operand)
-
+    if cfg.method is not None and cfg.method.needs_momentum:
+        momentum = gj.gradient_momentum(momentum, grads, decay=cfg.snfs_momentum)
+    params, masks, opt_state, info = _topology(
+        state, grads, momentum, k_topo, tx=tx, cfg=cfg, topology=topology
+    )
     updates, opt_state = tx.update(grads, opt_state, params, masks=masks)
     params = optax.apply_updates(params, updates)
     correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
@@ -207,9 +201,7 @@ def train_step(state: TrainState, batch, *, model, tx, cfg: StepConfig, topology
 def eval_step(params, batch_stats, batch, *, model, mean, std):
     """Summed loss, correct predictions and count over the valid examples of one padded batch."""
     images, labels, valid = batch
-    logits = model.apply(
-        _variables(params, batch_stats), preprocess(images, mean, std), train=False
-    )
+    logits = model.apply(variables(params, batch_stats), preprocess(images, mean, std), train=False)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     valid_f = valid.astype(jnp.float32)
     return {

@@ -28,6 +28,7 @@ import time
 import jax
 import numpy as np
 
+import ggr_jax as gj
 from experiments import data, main, methods, models, steps
 from experiments.errors import UserError
 
@@ -52,8 +53,9 @@ def benchmark(config, num_steps: int, repeats: int = 3) -> dict:
     model = models.create_model(config.model, ds.num_classes, config.hidden)
     steps_per_epoch = ds.train_images.shape[0] // config.batch_size
     total = num_steps * 4
-    tx = methods.make_optimizer(config, methods.make_method(config), steps_per_epoch)
-    cfg = steps.step_config(config, ds, total)
+    method = methods.make_method(config)
+    tx = methods.make_optimizer(config, method, steps_per_epoch)
+    cfg = steps.step_config(config, ds, total, method)
     cfg = cfg._replace(t_end=total)
     batches = [
         jax.device_put(b)
@@ -66,7 +68,7 @@ def benchmark(config, num_steps: int, repeats: int = 3) -> dict:
         "cond": jax.jit(functools.partial(make, topology="cond"), donate_argnums=0),
     }
     out = {}
-    state0 = steps.create_train_state(config, model, tx, ds.input_shape)
+    state0 = steps.create_train_state(config, model, tx, ds.input_shape, method)
     for name, fn in fns.items():
         t = time.perf_counter()
         fn.lower(state0, batches[0]).compile()
@@ -76,7 +78,7 @@ def benchmark(config, num_steps: int, repeats: int = 3) -> dict:
         state = jax.tree.map(lambda x: x.copy() if hasattr(x, "copy") else x, state0)
         start = time.perf_counter()
         for step in range(num_steps):
-            update_now = bool(methods.is_update_step(step, cfg.delta_t, cfg.t_end))
+            update_now = bool(gj.is_update_step(step, cfg.delta_t, cfg.t_end))
             if mode == "cond":
                 fn = fns["cond"]
             else:
@@ -96,7 +98,7 @@ def benchmark(config, num_steps: int, repeats: int = 3) -> dict:
 
 
 def _main(argv):
-    parser = main._Parser(prog="python -m experiments.topology_benchmark")
+    parser = main.Parser(prog="python -m experiments.topology_benchmark")
     parser.add_argument("--config", default="digits_mlp")
     parser.add_argument("--steps", type=int, default=400)
     args, rest = parser.parse_known_args(argv)
@@ -115,4 +117,4 @@ def _main(argv):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main._run(lambda: _main(sys.argv[1:])))
+    raise SystemExit(main.run_cli(lambda: _main(sys.argv[1:])))

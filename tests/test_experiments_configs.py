@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from experiments import configs, data, flops, main, methods, metrics, models, steps, train
+from experiments import build, configs, data, flops, main, methods, metrics, models, steps, training
 
 SMALL = [
     "--batch_size=4",
@@ -37,7 +37,7 @@ def test_config_trains_a_couple_of_steps(name, tmp_path):
     config = main.build_config(name, SMALL + RUN[name])
     update = config.delta_t == 1
     with tfds.testing.mock_data(num_examples=8):
-        results = train.train_and_evaluate(config, str(tmp_path), progress=False)
+        results = training.train_and_evaluate(config, str(tmp_path), progress=False)
     assert results["steps"] == 2 and 0.0 <= results["test_accuracy"] <= 1.0
     assert results["density"] == pytest.approx(1 - config.sparsity, abs=1e-3)
     assert 0 < results["flops_ratio"] < 1
@@ -54,11 +54,18 @@ def test_tiny_imagenet_mobilenetv2_builds_and_traces_a_topology_step():
         ds = data.load_dataset(config)
     assert ds.input_shape == (64, 64, 3) and ds.num_classes == 200
     model = models.create_model(config.model, ds.num_classes)
-    tx = methods.make_optimizer(config, methods.make_method(config), 2)
-    state = jax.eval_shape(lambda: steps.create_train_state(config, model, tx, ds.input_shape))
+    method = methods.make_method(config)
+    tx = methods.make_optimizer(config, method, 2)
+    state = jax.eval_shape(
+        lambda: steps.create_train_state(config, model, tx, ds.input_shape, method)
+    )
     batch = (jax.ShapeDtypeStruct((4, 64, 64, 3), np.uint8), jax.ShapeDtypeStruct((4,), np.int32))
     step = functools.partial(
-        steps.train_step, model=model, tx=tx, cfg=steps.step_config(config, ds, 100), topology=True
+        steps.train_step,
+        model=model,
+        tx=tx,
+        cfg=steps.step_config(config, ds, 100, method),
+        topology=True,
     )
     new_state, out, info = jax.eval_shape(step, state, batch)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
@@ -84,7 +91,7 @@ def test_every_method_on_digits(method, tmp_path):
             "--topology_update=cond",
         ],
     )
-    results = train.train_and_evaluate(config, str(tmp_path), progress=False)
+    results = training.train_and_evaluate(config, str(tmp_path), progress=False)
     records = metrics.read(tmp_path / "metrics.jsonl")
     topology = [r for r in records if r["type"] == "topology"]
     if method in ("dense", "static"):
@@ -127,7 +134,7 @@ def test_cond_and_separate_topology_updates_agree(tmp_path):
             "digits_mlp",
             ["--num_train_steps=12", "--delta_t=4", "--method=ggr", f"--topology_update={mode}"],
         )
-        train.train_and_evaluate(config, str(tmp_path / mode), progress=False)
+        training.train_and_evaluate(config, str(tmp_path / mode), progress=False)
         finals[mode] = metrics.read(tmp_path / mode / "metrics.jsonl")
     tops = {
         m: [(r["step"], r["active"], r["moved"]) for r in recs if r["type"] == "topology"]
@@ -139,7 +146,7 @@ def test_cond_and_separate_topology_updates_agree(tmp_path):
 
 
 def test_one_device_mesh_shapes():
-    replicated, batch = train._mesh_shardings(8, 8)
+    replicated, batch = build.mesh_shardings(8, 8)
     assert replicated.mesh.size == jax.device_count() and batch.spec == jax.sharding.PartitionSpec(
         "data"
     )

@@ -4,7 +4,7 @@ compare grids run it once per sparsity and seed."""
 
 import pytest
 
-from experiments import compare, main, metrics, report, train
+from experiments import compare, main, metrics, report, training
 from experiments.configs import grids
 
 FLAGS = [
@@ -20,7 +20,7 @@ FLAGS = [
 @pytest.mark.parametrize("topology_update", ["separate", "cond"])
 def test_gmp_trains_dense_to_sparse_on_digits(topology_update, tmp_path):
     config = main.build_config("digits_mlp", [*FLAGS, f"--topology_update={topology_update}"])
-    results = train.train_and_evaluate(config, str(tmp_path), progress=False)
+    results = training.train_and_evaluate(config, str(tmp_path), progress=False)
     records = metrics.read(tmp_path / "metrics.jsonl")
     init = next(r for r in records if r["type"] == "init")
     assert init["global_density"] == 1.0  # dense start

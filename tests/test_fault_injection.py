@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
-from experiments import checkpoints, main, methods, metrics, train
+from experiments import checkpoints, main, methods, metrics, rundir
 from experiments.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -268,7 +268,7 @@ def _changed(field, value):
 SETTINGS = [
     (field, _changed(field, _CONFIG[field]))
     for field in _CONFIG
-    if field not in ("name", "method", *train.RESUME_FREE)
+    if field not in ("name", "method", *rundir.RESUME_FREE)
     and _changed(field, _CONFIG[field]) is not None
 ]
 
