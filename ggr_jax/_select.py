@@ -1,47 +1,69 @@
 """Exact k-largest selection by threshold search: the one hot kernel of ggr_jax.
 
-Selecting the k largest entries (per leaf, or over all leaves taken together as GGR's global
-top-k requires) is done without sorting and without concatenating leaves:
+**What it computes.** Given, per leaf, ``uint32`` keys and a bool ``eligible`` array, select
+the ``k`` eligible entries of largest key, either in each leaf separately (:func:`top_k_per_leaf`,
+one ``k`` per leaf) or over all leaves taken together (:func:`top_k_global`, one ``k``). The
+order is total and fixed:
 
-1. Each float score is mapped to an order-preserving ``uint32`` key.
-2. The threshold ``t`` (the largest key with ``count(key >= t) >= k``) is found one byte at a
-   time, most significant first (a radix select). For each byte, one elementwise pass writes a
-   ``uint8`` array holding that byte of the entries whose higher bytes equal the prefix found so
-   far (0 elsewhere), and a search over the 256 byte values counts ``digit >= x`` on that array,
-   each count reading one byte per entry: bisection for the most significant byte (8 counts),
-   interpolation with a bisection safeguard for the others (typically 2-6 counts each), and the
-   search stops as soon as a count equals ``k``. A count is a plain reduction, so it shards
-   across devices without gathering anything but scalars.
-3. Entries tied at ``t`` are taken in leaf order, then by lowest flat index inside the leaf, so
-   the selected count is exactly ``k`` and deterministic. Only a leaf that takes part of its ties
-   searches the index: by peeling its few lowest tied indices one min-reduction at a time, or by
-   bisection when many are needed.
+- a larger key comes first;
+- among equal keys, an entry of an earlier leaf comes first (global selection only);
+- among equal keys in one leaf, the lower row-major flat index comes first.
 
-``k`` may be traced (dynamic): there is no static upper bound as with ``lax.top_k``.
+Ineligible entries are never selected; ``k`` is clipped to ``[0, #eligible]``, so exactly that
+many entries are selected. ``k`` may be traced (no static bound as with ``lax.top_k``).
+``_select_reference.top_k_reference`` spells this order out as a sort; tests check the kernel
+against it, ties included.
 
-Performance notes (XLA:CPU, see ``benchmarks/``): a count sums over axes of at most 32 entries
-that are not the last axis first (XLA fuses that with the comparison and vectorises it along the
-last axis), then sums the partial counts; a plain ``jnp.sum`` of a large boolean array is
-rewritten into a tree of reduce-windows that first writes an ``int32`` copy of the predicate.
-Keys are passed as functions and recomputed wherever they are needed, so that no ``uint32`` copy
-of the scores is kept: the only array-sized temporaries are one ``uint8`` digit array per leaf.
-Per-leaf counts at both ends of the bracket are carried through the search, so the number of
-entries selected in every leaf is known without counting the result.
+**How.** Without sorting and without concatenating leaves: the order above is that of a 64-bit
+*wide key* ``(value, tie)`` per entry, the ``uint32`` key followed by a ``uint32`` *tie word*
+that decreases with the flat index (:func:`tie_word`). The wide keys of one leaf are all
+distinct, so the ``k``-th largest wide key is a threshold that selects exactly ``k`` entries.
+It is found one byte at a time, most significant first (a radix select over 8 bytes):
+
+1. For each byte, one elementwise pass writes a ``uint8`` array holding that byte of the entries
+   whose higher bytes equal the prefix found so far (0 elsewhere).
+2. A search over the 256 byte values counts ``digit >= x`` on that array, each count reading
+   one byte per entry (:func:`ggr_jax._counting.count_true`): bisection for the most significant
+   byte (8 counts), interpolation with a bisection safeguard for the others (typically 2-6 counts
+   each). The search stops as soon as a count equals ``k``, so the tie word is searched only by
+   a leaf that must take part of the entries tied at the threshold, and only as far as needed.
+3. In a global selection, the value word is searched over the group of leaves; if the group
+   ends on a key ``t`` shared by entries of several leaves, each leaf's share of the ties at
+   ``t`` is given in leaf order (prefix sums of scalars), and the tie word is searched per leaf.
+
+A count is a plain reduction, so it shards across devices without gathering anything but
+scalars. Keys are passed as functions and recomputed wherever they are needed, so that no
+``uint32`` copy of the scores is kept: the only array-sized temporaries are one ``uint8`` digit
+array per leaf. Per-leaf counts at both ends of the bracket are carried through the search, so
+the number of entries selected in every leaf is known without counting the result.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ggr_jax._counting import count_true
+
+__all__ = [
+    "KeySpec",
+    "count_true",
+    "order_key",
+    "random_keys",
+    "select_global",
+    "select_per_leaf",
+    "tie_word",
+    "top_k_global",
+    "top_k_per_leaf",
+]
+
 _U32_MAX = np.uint32(0xFFFFFFFF)
-_CHUNK = 32  # XLA:CPU fuses a reduction over axes of <= 32 entries with its producer
-_ROWS = 15  # rows summed per chunk: more interleaved row streams read slower (measured: 8 best)
-_PEEL = 16  # a leaf needing at most this many tied indices peels them instead of bisecting
+_VALUE_BYTES = 4  # bytes 0-3 of a wide key are the value word, bytes 4-7 the tie word
 
 # A leaf's keys as ``(function, arrays)``: ``function(*arrays)`` gives the uint32 keys. The keys
 # are recomputed from the arrays in every pass that needs them, which XLA fuses into the pass:
@@ -64,6 +86,18 @@ def order_key(x: jax.Array) -> jax.Array:
 
     NaN maps above +inf (positive NaN) or below -inf (negative NaN); callers that care reject
     non-finite inputs before selecting.
+
+    Args:
+      x: a float array (any float dtype; computed in float32).
+
+    Returns:
+      ``uint32`` keys of the same shape: ``x[i] < x[j]`` iff ``key[i] < key[j]``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> keys = order_key(jnp.array([-1.0, -0.0, 0.0, 2.0]))
+      >>> bool(keys[0] < keys[1] == keys[2] < keys[3])
+      True
     """
     x = x.astype(jnp.float32) + jnp.float32(0.0)  # -0.0 -> +0.0
     bits = lax.bitcast_convert_type(x, jnp.uint32)
@@ -71,19 +105,44 @@ def order_key(x: jax.Array) -> jax.Array:
     return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
 
 
-def _flat_index(shape: Sequence[int]) -> jax.Array:
-    """Row-major flat index of every element, built from iotas (no reshape, shards cleanly)."""
+def _scaled_index(shape: Sequence[int], base: jax.Array, scale: int = 1) -> jax.Array:
+    """``base + scale * flat_index`` (mod 2**32) as ``uint32``, from iotas (shards cleanly).
+
+    Built from the ``base`` array up, so that nothing in it is loop-invariant when ``base``
+    depends on the loop (XLA would hoist a loop-invariant index out of a loop and keep it).
+    """
+    out = jnp.broadcast_to(base, tuple(shape))
+    stride = scale
+    for d in reversed(range(len(shape))):
+        out = out + lax.broadcasted_iota(jnp.uint32, tuple(shape), d) * jnp.uint32(stride)
+        stride = (stride * shape[d]) % 2**32
+    return out
+
+
+def tie_word(shape: Sequence[int], token: jax.Array | None = None) -> jax.Array:
+    """The second word of the wide key: distinct, decreasing with the row-major flat index.
+
+    The index's bits are placed at the top of the word (so a search over its bytes, most
+    significant first, meets them first) and inverted; the lowest bit is 0, so the word is at
+    most ``2**32 - 2`` and ``2**32 - 1`` can stand for "no tie taken".
+
+    Args:
+      shape: the leaf's shape (fewer than ``2**31`` entries).
+      token: inside a loop, a loop-carried scalar (see :func:`_keys`).
+
+    Returns:
+      A ``uint32`` array of ``shape``.
+
+    Example:
+      >>> [hex(int(w)) for w in tie_word((3,))]
+      ['0xfffffffe', '0xbffffffe', '0x7ffffffe']
+    """
     size = int(np.prod(shape, dtype=np.int64))
     if size >= 2**31:
-        raise ValueError(
-            f"a leaf of {size} elements is too large for int32 indexing (shape {shape})"
-        )
-    idx = jnp.zeros(shape, jnp.int32)
-    stride = 1
-    for d in reversed(range(len(shape))):
-        idx = idx + lax.broadcasted_iota(jnp.int32, tuple(shape), d) * jnp.int32(stride)
-        stride *= shape[d]
-    return idx
+        raise ValueError(f"a leaf of {size} elements is too large to select in (shape {shape})")
+    shift = 32 - max((size - 1).bit_length(), 1)
+    base = jnp.uint32(0) if token is None else lax.optimization_barrier((jnp.uint32(0), token))[0]
+    return ~_scaled_index(shape, base, 1 << shift) ^ jnp.uint32(1)
 
 
 def _fmix32(h: jax.Array) -> jax.Array:
@@ -103,298 +162,252 @@ def random_keys(key: jax.Array, shape: Sequence[int]) -> jax.Array:
     cheaper than ``jax.random.bits`` (it is recomputed in every pass of a selection instead of
     being stored); like it, the result does not depend on how the array is sharded. The map from
     index to key is a bijection, so a selection by these keys never meets a tie.
+
+    Args:
+      key: a PRNG key.
+      shape: the shape of the keys.
+
+    Returns:
+      A ``uint32`` array of ``shape``.
+
+    Example:
+      >>> import jax, numpy as np
+      >>> keys = random_keys(jax.random.key(0), (100, 10))
+      >>> len(np.unique(keys)) == keys.size
+      True
     """
     seed = jax.random.bits(key, (2,), jnp.uint32)
-    # index + seed[0], built from the seed up so that no part of it is loop-invariant (XLA would
-    # hoist a loop-invariant index out of the selection loop and keep it in memory)
-    h = jnp.full(tuple(shape), seed[0])
-    stride = 1
-    for d in reversed(range(len(shape))):
-        h = h + lax.broadcasted_iota(jnp.uint32, tuple(shape), d) * jnp.uint32(stride)
-        stride *= shape[d]
-    return _fmix32(h) ^ seed[1]
-
-
-# --- fused reductions ---------------------------------------------------------------------------
-
-
-def _chunk(d: int, reserve: int = 7) -> int:
-    """A chunk length ``c`` (a divisor of ``d``, at most 15) to split an axis as ``(d / c, c)``.
-
-    A device holding a contiguous block of a power-of-two sharding of the axis must hold whole
-    chunks, or XLA's partitioner gathers the array. An odd ``c`` always divides the block; powers
-    of two are used only while ``d / c`` keeps a factor ``2**reserve`` (shardings up to 128 ways).
-    Returns 1 when no such chunk helps.
-    """
-    twos = (d & -d).bit_length() - 1
-    odd = d >> twos
-    best = 1
-    for o in range(1, min(odd, _ROWS) + 1, 2):
-        if odd % o:
-            continue
-        c = o << min(max(twos - reserve, 0), (_ROWS // o).bit_length() - 1)
-        best = max(best, c)
-    return best
-
-
-def _partial_axes(shape: tuple[int, ...]) -> tuple[list[int], list[int]]:
-    """A reshape of ``shape`` and the axes of at most 32 entries to reduce first (see below)."""
-    axes = [a for a in range(len(shape) - 1) if shape[a] <= _CHUNK]
-    new_shape = list(shape)
-    if len(shape) >= 2 and shape[-2] > _CHUNK:
-        c = _chunk(shape[-2])
-        if c > 1:
-            new_shape[-2:-1] = [shape[-2] // c, c]
-            axes.append(len(shape) - 1)  # the chunk axis, in the new shape
-    elif len(shape) == 1 and shape[0] > _CHUNK:
-        c = _chunk(shape[0])  # a vector: chunks of the last axis (fused, not vectorised)
-        if c > 1:
-            new_shape = [shape[0] // c, c]
-            axes.append(1)
-    return new_shape, axes
-
-
-def _reduce(x: jax.Array, op: str) -> jax.Array:
-    """``sum`` (int32 count of a bool array), ``min`` or ``max`` of ``x``, as one fused pass.
-
-    The first level reduces axes of at most 32 entries that are not the last (contiguous) axis:
-    XLA:CPU fuses such a reduction with the producer of ``x`` and vectorises it along the last
-    axis. (A plain reduction of a large array is rewritten into a tree of reduce-windows that first
-    writes a copy of its input.) Axes are split only into chunks that keep the shards of a
-    power-of-two sharding whole, so the result needs no gather (see :func:`_chunk`).
-    """
-    if op == "sum":
-        x = x.astype(jnp.int32)
-    reducers: dict[str, Callable[..., jax.Array]] = {"sum": jnp.sum, "min": jnp.min, "max": jnp.max}
-    first = reducers[op]
-    if x.ndim == 0:
-        return x
-    new_shape, axes = _partial_axes(x.shape)
-    if not axes:
-        return first(x)
-    partial = first(x.reshape(new_shape), axis=tuple(axes))
-    if op == "sum":  # the uint32 round trip keeps XLA from merging the two reductions
-        return jnp.sum(partial.astype(jnp.uint32), dtype=jnp.uint32).astype(jnp.int32)
-    return first(partial)
-
-
-def count_true(pred: jax.Array) -> jax.Array:
-    """Number of True entries of ``pred`` (int32 scalar), as one fused, vectorised pass."""
-    return _reduce(pred, "sum")
+    # index + seed[0], built from the seed up: no part of it is loop-invariant in a loop
+    return _fmix32(_scaled_index(shape, seed[0])) ^ seed[1]
 
 
 # --- the search ---------------------------------------------------------------------------------
 
 
-def _when(pred: jax.Array, f: Callable[[], jax.Array], otherwise: jax.Array) -> jax.Array:
-    """``f()`` if ``pred`` else ``otherwise``, running ``f`` only when needed."""
-    return lax.cond(pred, f, lambda: otherwise)
+class _Groups(NamedTuple):
+    """Which leaves select together (static): ``of_leaf[i]`` is leaf ``i``'s group."""
+
+    of_leaf: tuple[int, ...]
+    members: tuple[tuple[int, ...], ...]
+
+    @property
+    def alone(self) -> bool:  # every group is one leaf: a per-leaf selection
+        return all(len(m) == 1 for m in self.members)
+
+    def sum(self, per_leaf: jax.Array) -> jax.Array:
+        """Per-group sums of per-leaf scalars: a few scalar adds, no gather of arrays."""
+        return jnp.stack([sum((per_leaf[i] for i in m), jnp.int32(0)) for m in self.members])
+
+    def to_leaves(self, per_group: jax.Array) -> jax.Array:
+        return jnp.stack([per_group[g] for g in self.of_leaf])
+
+
+class _Search(NamedTuple):
+    """The state of the threshold search, one entry per leaf.
+
+    While the value word is searched (``byte < 4``), the leaves of a group share ``lo``, ``hi``
+    and ``target`` and are decided on their group's total counts; once in the tie word, each
+    leaf searches alone. The invariants hold for a leaf still searching.
+    """
+
+    byte: jax.Array  # shape=(), int32: the byte searched, 0-3 in the value word, 4-7 in the tie
+    value: jax.Array  # shape=(n,), uint32: the threshold's value word (set when entering the tie)
+    lo: jax.Array  # shape=(n,), uint32: the threshold's current word lies in [lo, hi]
+    hi: jax.Array  # shape=(n,), uint32
+    c_lo: jax.Array  # shape=(n,), int32: count(wide key >= the wide key at lo)
+    c_hi: jax.Array  # shape=(n,), int32: count(wide key > the wide key at hi)
+    target: jax.Array  # shape=(n,), int32: the count to reach (the group's k, then the leaf's)
+    bisect: jax.Array  # shape=(n,), bool: the next probe bisects (the last did not halve)
+
+
+def _in_tie(s: _Search) -> jax.Array:
+    return s.byte >= _VALUE_BYTES
+
+
+def _group_totals(counts: jax.Array, groups: _Groups) -> jax.Array:
+    """Per leaf, the total of its group's per-leaf ``counts``."""
+    return counts if groups.alone else groups.to_leaves(groups.sum(counts))
+
+
+def _totals(s: _Search, counts: jax.Array, groups: _Groups) -> jax.Array:
+    """Per leaf, the counts the decisions are made on: the group's total in the value word."""
+    if groups.alone:
+        return counts
+    return jnp.where(_in_tie(s), counts, _group_totals(counts, groups))
+
+
+def _shift(s: _Search) -> jax.Array:
+    return jnp.uint32(24) - jnp.uint32(8) * (s.byte % _VALUE_BYTES).astype(jnp.uint32)
+
+
+def _digit(word: jax.Array, shift: jax.Array) -> jax.Array:
+    return (word >> shift) & 0xFF
+
+
+def _is_open(s: _Search, groups: _Groups) -> jax.Array:
+    """Per leaf: the current byte of the threshold is still unknown."""
+    shift = _shift(s)
+    return (_digit(s.lo, shift) < _digit(s.hi, shift)) & (_totals(s, s.c_lo, groups) != s.target)
+
+
+def _start(k: jax.Array, n_eligible: jax.Array, groups: _Groups) -> _Search:
+    """The whole range; ``k == 0`` starts settled at the top key with empty counts."""
+    n = len(groups.of_leaf)
+    target = groups.to_leaves(k)
+    hi = jnp.full((n,), _U32_MAX, jnp.uint32)
+    return _Search(
+        byte=jnp.int32(0),
+        value=hi,
+        lo=jnp.where(target > 0, jnp.uint32(0), hi),
+        hi=hi,
+        c_lo=jnp.where(target > 0, n_eligible, 0),
+        c_hi=jnp.zeros((n,), jnp.int32),
+        target=target,
+        bisect=jnp.zeros((n,), jnp.bool_),
+    )
+
+
+def _enter_tie_word(s: _Search, groups: _Groups) -> _Search:
+    """From the value word to the tie word: each leaf's own target and a fresh bracket.
+
+    A group whose value word ends on a key ``t`` with ``lo == hi`` takes all entries above
+    ``t`` and its remaining need from the ties at ``t``, leaf by leaf in leaf order. A leaf that
+    takes none of its ties gets the empty bracket ``lo = hi = 2**32 - 1`` (above every tie word).
+    """
+    above = _group_totals(s.c_hi, groups)
+    tie = s.c_lo - s.c_hi
+    before = [jnp.int32(0)] * len(groups.members)
+    takes = []
+    for i, g in enumerate(groups.of_leaf):
+        takes.append(jnp.clip(s.target[i] - above[i] - before[g], 0, tie[i]))
+        before[g] = before[g] + tie[i]
+    take = jnp.stack(takes)
+    return s._replace(
+        value=s.lo,
+        lo=jnp.where(take > 0, jnp.uint32(0), _U32_MAX),
+        hi=jnp.full_like(s.hi, _U32_MAX),
+        c_lo=jnp.where(take > 0, s.c_lo, s.c_hi),
+        target=s.c_hi + take,
+    )
+
+
+def _digits(spec: KeySpec, eligible: jax.Array, s: _Search, i: int) -> jax.Array:
+    """Leaf ``i``'s digits of the current byte: the byte of the entries inside the block of
+    the prefix found so far, 0 elsewhere (a shift by 32 gives 0: byte 0 has no prefix)."""
+    shift = _shift(s)
+    keys = _keys(spec, s.byte)
+    word = jnp.where(_in_tie(s), tie_word(eligible.shape, s.byte), keys)
+    in_block = eligible & ((word >> (shift + 8)) == (s.lo[i] >> (shift + 8)))
+    in_block = in_block & (~_in_tie(s) | (keys == s.value[i]))
+    return jnp.where(in_block, (word >> shift).astype(jnp.uint8), jnp.uint8(0))
+
+
+def _probe(
+    s: _Search, digits: list[jax.Array], above: jax.Array, groups: _Groups, interpolate: bool
+) -> _Search:
+    """One count per open leaf at a probe inside the bracket of the current byte.
+
+    The probe interpolates (the count taken as linear in the byte value inside the bracket),
+    falling back to bisection for one probe after a probe that did not halve the bracket. The
+    most significant byte (sign and exponent of a float score, far from linear) is bisected,
+    unless ``interpolate`` says that the keys are uniformly random.
+    """
+    shift, active = _shift(s), _is_open(s, groups)
+    d_lo, d_hi = _digit(s.lo, shift), _digit(s.hi, shift)
+    tot_lo, tot_hi = _totals(s, s.c_lo, groups), _totals(s, s.c_hi, groups)
+    frac = (tot_lo - s.target).astype(jnp.float32) / jnp.maximum(tot_lo - tot_hi, 1).astype(
+        jnp.float32
+    )
+    guess = d_lo + (frac * (d_hi - d_lo + 1).astype(jnp.float32)).astype(jnp.uint32)
+    use_guess = ~s.bisect & (s.byte >= (0 if interpolate else 1))
+    mid = d_lo + (d_hi - d_lo) // 2 + 1  # in [1, 255]: digit 0 is never counted
+    mid = jnp.where(use_guess, jnp.clip(guess, d_lo + 1, d_hi), mid)
+    mid8 = mid.astype(jnp.uint8)
+    counts = [
+        lax.cond(active[i], lambda i=i: count_true(digits[i] >= mid8[i]), lambda: jnp.int32(0))
+        for i in range(len(digits))
+    ]
+    c = above + jnp.stack(counts)
+    up = active & (_totals(s, c, groups) >= s.target)
+    down = active & ~up
+    value = (s.lo & ~(jnp.uint32(0xFF) << shift)) | (mid << shift)
+    lo, hi = jnp.where(up, value, s.lo), jnp.where(down, value - jnp.uint32(1), s.hi)
+    return s._replace(
+        lo=lo,
+        hi=hi,
+        c_lo=jnp.where(up, c, s.c_lo),
+        c_hi=jnp.where(down, c, s.c_hi),
+        bisect=~s.bisect & (2 * (_digit(hi, shift) - _digit(lo, shift)) > d_hi - d_lo),
+    )
+
+
+def _search_byte(
+    s: _Search,
+    key_specs: Sequence[KeySpec],
+    eligible: Sequence[jax.Array],
+    groups: _Groups,
+    interpolate: bool,
+) -> _Search:
+    """Finds one byte of the threshold, then moves to the next (entering the tie word after
+    the value word's last byte)."""
+    digits = [
+        _digits(spec, e, s, i) for i, (spec, e) in enumerate(zip(key_specs, eligible, strict=True))
+    ]
+    above = s.c_hi  # count(wide key > top of the prefix block)
+    s = lax.while_loop(
+        lambda s: jnp.any(_is_open(s, groups)),
+        lambda s: _probe(s, digits, above, groups, interpolate),
+        s._replace(bisect=jnp.zeros_like(s.bisect)),
+    )
+    s = s._replace(byte=s.byte + 1)
+    return _where(s.byte == _VALUE_BYTES, _enter_tie_word(s, groups), s)
+
+
+def _where(pred: jax.Array, a: _Search, b: _Search) -> _Search:
+    return _Search(*(jnp.where(pred, x, y) for x, y in zip(a, b, strict=True)))
+
+
+def _selected(spec: KeySpec, eligible: jax.Array, s: _Search, i: int) -> jax.Array:
+    """Leaf ``i``'s entries at or above the threshold ``(value, lo)`` of its wide keys."""
+    keys = _keys(spec)
+    ties = (keys == s.value[i]) & (tie_word(eligible.shape) >= s.lo[i])
+    return eligible & ((keys > s.value[i]) | ties)
 
 
 def _select(
     key_specs: Sequence[KeySpec],
     eligible: Sequence[jax.Array],
     k: jax.Array,
-    groups: Sequence[int],
-    num_groups: int,
+    groups: _Groups,
     interpolate: bool = False,
     n_eligible: jax.Array | None = None,
 ) -> tuple[list[jax.Array], jax.Array]:
-    """Selects, in each group of leaves, the ``k[g]`` eligible entries of largest key.
+    """Selects, in each group of leaves, the ``k[g]`` eligible entries of largest wide key.
 
-    A byte is searched by interpolation (the count of a probe taken as linear in the byte value
-    inside the bracket), falling back to bisection for one probe after a probe that did not halve
-    the bracket. The most significant byte (sign and exponent of a float score, far from linear)
-    is searched by bisection, unless ``interpolate`` says that the keys are uniformly random.
-    ``n_eligible`` (per-leaf counts of ``eligible``, when the caller knows them) saves a pass.
-
-    ``key_specs[i]`` gives the ``uint32`` keys of leaf ``i`` (see :data:`KeySpec`).
     Returns the selection masks and the number of entries selected in each leaf.
     """
-    n = len(key_specs)
-    shapes = [tuple(e.shape) for e in eligible]
-    groups_arr = np.asarray(groups)
-    members = [np.flatnonzero(groups_arr == g) for g in range(num_groups)]
-    alone = all(len(m) == 1 for m in members)  # per-leaf selection: a leaf can stop early
-
-    def group_sum(per_leaf: jax.Array) -> jax.Array:
-        # Static scatter of per-leaf scalars into groups: a few scalar adds, no gather of arrays.
-        return jnp.stack(
-            [sum((per_leaf[i] for i in members[g]), jnp.int32(0)) for g in range(num_groups)]
-        )
-
-    def to_leaves(v: jax.Array) -> jax.Array:
-        return jnp.stack([v[g] for g in groups])
-
-    n_elig_leaf = (
+    n_elig = (
         jnp.stack([count_true(e) for e in eligible])
         if n_eligible is None
         else jnp.asarray(n_eligible, jnp.int32)
     )
-    k = jnp.clip(jnp.asarray(k, jnp.int32), 0, group_sum(n_elig_leaf))
+    k = jnp.clip(jnp.asarray(k, jnp.int32), 0, groups.sum(n_elig))
 
-    # Invariant, per group: t in [lo, hi]; per leaf, c_lo = count(key >= lo) and
-    # c_hi = count(key > hi). A group is settled when c_lo sums to k (everything >= lo is the
-    # answer) or lo == hi (ties at t). k == 0 starts settled at the top key with empty counts.
-    hi = jnp.full((num_groups,), _U32_MAX, jnp.uint32)
-    lo = jnp.where(k > 0, jnp.uint32(0), hi)
-    c_lo = jnp.where(to_leaves(k) > 0, n_elig_leaf, 0)
-    c_hi = jnp.zeros((n,), jnp.int32)
+    def searching(s: _Search) -> jax.Array:
+        open_ = (s.lo < s.hi) & (_totals(s, s.c_lo, groups) != s.target)
+        return jnp.any(open_) & (s.byte < 2 * _VALUE_BYTES)
 
-    def is_open(lo, hi, c_lo, shift):
-        return (((lo >> shift) & 0xFF) < ((hi >> shift) & 0xFF)) & (group_sum(c_lo) != k)
-
-    def phase(state):
-        # One byte of t: digits of the entries inside the current prefix block, then bisection.
-        byte, lo, hi, c_lo, c_hi = state
-        shift = jnp.uint32(24) - jnp.uint32(8) * byte.astype(jnp.uint32)
-        lo_leaf, c_above = to_leaves(lo), c_hi  # c_above = count(key > top of the prefix block)
-        digits = []
-        for i in range(n):
-            x = _keys(key_specs[i], byte)  # (a shift by 32 gives 0: byte 0 has no prefix)
-            in_block = eligible[i] & ((x >> (shift + 8)) == (lo_leaf[i] >> (shift + 8)))
-            digits.append(jnp.where(in_block, (x >> shift).astype(jnp.uint8), jnp.uint8(0)))
-
-        def step(state):
-            lo, hi, c_lo, c_hi, bisect = state
-            active = is_open(lo, hi, c_lo, shift)
-            d_lo, d_hi = (lo >> shift) & 0xFF, (hi >> shift) & 0xFF
-            mid = d_lo + (d_hi - d_lo) // 2 + 1  # in [1, 255]: digit 0 is never counted
-            # interpolation: the count taken as linear in the byte value inside the bracket
-            above, total = group_sum(c_lo) - k, group_sum(c_lo) - group_sum(c_hi)
-            frac = above.astype(jnp.float32) / jnp.maximum(total, 1).astype(jnp.float32)
-            guess = d_lo + (frac * (d_hi - d_lo + 1).astype(jnp.float32)).astype(jnp.uint32)
-            use = ~bisect & (byte >= (0 if interpolate else 1))
-            mid = jnp.where(use, jnp.clip(guess, d_lo + 1, d_hi), mid)
-            mid_leaf, active_leaf = to_leaves(mid.astype(jnp.uint8)), to_leaves(active)
-            c = c_above + jnp.stack(
-                [
-                    _when(
-                        active_leaf[i],
-                        lambda i=i: count_true(digits[i] >= mid_leaf[i]),
-                        jnp.int32(0),
-                    )
-                    if alone
-                    else count_true(digits[i] >= mid_leaf[i])
-                    for i in range(n)
-                ]
-            )
-            up = active & (group_sum(c) >= k)
-            down = active & ~up
-            value = (lo & ~(jnp.uint32(0xFF) << shift)) | (mid << shift)
-            new_lo, new_hi = jnp.where(up, value, lo), jnp.where(down, value - jnp.uint32(1), hi)
-            width = ((new_hi >> shift) & 0xFF) - ((new_lo >> shift) & 0xFF)
-            return (
-                new_lo,
-                new_hi,
-                jnp.where(to_leaves(up), c, c_lo),
-                jnp.where(to_leaves(down), c, c_hi),
-                ~bisect & (2 * width > d_hi - d_lo),
-            )
-
-        bisect = jnp.zeros((num_groups,), jnp.bool_)
-        out = lax.while_loop(
-            lambda s: jnp.any(is_open(*s[:3], shift)), step, (lo, hi, c_lo, c_hi, bisect)
-        )
-        return (byte + 1, *out[:4])
-
-    def unsettled(state):
-        _, lo, hi, c_lo, _ = state
-        return jnp.any((lo < hi) & (group_sum(c_lo) != k))
-
-    _, lo, hi, c_lo, c_hi = lax.while_loop(unsettled, phase, (jnp.int32(0), lo, hi, c_lo, c_hi))
-
-    # Entries above hi (c_hi per leaf) are all in; the rest comes from [lo, hi]: a range whose
-    # count completes k exactly, or a single key value t = lo whose ties are taken leaf by leaf
-    # in leaf order (prefix sums over the group's leaves), then by flat index.
-    t_leaf = to_leaves(lo)
-    need = k - group_sum(c_hi)
-    tie = c_lo - c_hi
-    takes = []
-    before = [jnp.int32(0)] * num_groups
-    for i in range(n):
-        g = groups[i]
-        takes.append(jnp.clip(need[g] - before[g], 0, tie[i]))
-        before[g] = before[g] + tie[i]
-    take = jnp.stack(takes)
-    full = (take > 0) & (take >= tie)  # every entry of [lo, hi] in this leaf is taken
-    partial = (take > 0) & (take < tie)  # only when lo == hi: ties at t, cut by flat index
-
-    def fast_masks():
-        return [
-            eligible[i] & jnp.where(full[i], x >= t_leaf[i], x > t_leaf[i])
-            for i, x in enumerate(_keys(spec) for spec in key_specs)
-        ]
-
-    def index_masks():
-        bound = _index_bounds(
-            [
-                lambda token, i=i: eligible[i] & (_keys(key_specs[i], token) == t_leaf[i])
-                for i in range(n)
-            ],
-            shapes,
-            take,
-            partial,
-        )
-        bound = jnp.where(full, jnp.int32(2**31 - 1), bound)  # a full leaf takes all its ties
-        return [
-            eligible[i]
-            & ((x > t_leaf[i]) | ((x == t_leaf[i]) & (_flat_index(shapes[i]) < bound[i])))
-            for i, x in enumerate(_keys(spec) for spec in key_specs)
-        ]
-
-    selected = lax.cond(jnp.any(partial), index_masks, fast_masks)
-    return selected, c_hi + take
-
-
-def _index_bounds(
-    tied_fns: Sequence[Callable[[jax.Array], jax.Array]],
-    shapes: Sequence[tuple[int, ...]],
-    take: jax.Array,
-    partial: jax.Array,
-) -> jax.Array:
-    """Per leaf, a bound j with exactly ``take`` tied entries at flat index < j (0 if none).
-
-    A leaf takes its ``take`` lowest tied indices: by peeling them one min-reduction each when
-    there are few, or else by bisection on j.
-    """
-    n = len(shapes)
-    sizes = jnp.asarray([int(np.prod(s, dtype=np.int64)) for s in shapes], jnp.int32)
-    peel = partial & (take <= _PEEL)
-    # peeling: j rises to (index of the take-th tie) + 1 while ``left`` counts down to 0;
-    # bisection: the smallest j in [jlo, jhi] with count(tied & index < j) >= take.
-    jlo = jnp.zeros((n,), jnp.int32)
-    jhi = jnp.where(partial & ~peel, sizes, 0)
-    left = jnp.where(peel, take, 0)
-
-    def leaf_step(i, jlo_i, jhi_i, left_i):
-        # (index and ties are computed inside each branch, so that XLA fuses them into the pass)
-        def peel_low():
-            index = _flat_index(shapes[i])
-            candidate = tied_fns[i](jlo_i) & (index >= jlo_i)
-            nxt = _reduce(jnp.where(candidate, index, sizes[i]), "min") + 1
-            return nxt, jhi_i, left_i - 1
-
-        def bisect():
-            mid = jlo_i + (jhi_i - jlo_i) // 2
-            enough = count_true(tied_fns[i](mid) & (_flat_index(shapes[i]) < mid)) >= take[i]
-            return jnp.where(enough, jlo_i, mid + 1), jnp.where(enough, mid, jhi_i), left_i
-
-        def done():
-            return jlo_i, jhi_i, left_i
-
-        branch = jnp.where(left_i > 0, 1, jnp.where(jlo_i < jhi_i, 2, 0))
-        return lax.switch(branch, [done, peel_low, bisect])
-
-    def step(state):
-        out = [leaf_step(i, *(v[i] for v in state)) for i in range(n)]
-        return tuple(jnp.stack(v) for v in zip(*out, strict=True))
-
-    def any_active(state):
-        jlo, jhi, left = state
-        return jnp.any((left > 0) | (jlo < jhi))
-
-    return lax.while_loop(any_active, step, (jlo, jhi, left))[0]
+    s = lax.while_loop(
+        searching,
+        lambda s: _search_byte(s, key_specs, eligible, groups, interpolate),
+        _start(k, n_elig, groups),
+    )
+    s = _where(s.byte < _VALUE_BYTES, _enter_tie_word(s, groups), s)  # settled in the value word
+    masks = [
+        _selected(spec, e, s, i)
+        for i, (spec, e) in enumerate(zip(key_specs, eligible, strict=True))
+    ]
+    return masks, s.target
 
 
 def select_per_leaf(
@@ -407,14 +420,29 @@ def select_per_leaf(
 ) -> tuple[list[jax.Array], jax.Array]:
     """:func:`top_k_per_leaf` with keys given as :data:`KeySpec`; also returns per-leaf counts.
 
-    ``interpolate=True`` suits uniformly random keys (see :func:`random_keys`): a byte then takes
-    about 2-3 counting passes instead of 8.
+    Args:
+      key_specs: per leaf, ``(function, arrays)`` with ``function(*arrays)`` the ``uint32`` keys.
+      eligible: bool arrays of the leaves' shapes.
+      k: int vector, one count per leaf (may be traced); clipped to ``[0, #eligible]``.
+      interpolate: the keys are uniformly random (see :func:`random_keys`): every byte is
+        searched by interpolation, about 2-3 counting passes instead of 8 for the first byte.
+      n_eligible: the per-leaf counts of ``eligible``, when the caller knows them (saves a pass).
+
+    Returns:
+      ``(masks, counts)``: the selection masks and the int32 number selected in each leaf.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> spec = (lambda w: order_key(jnp.abs(w)), (jnp.array([1.0, -3.0, 2.0, 3.0]),))
+      >>> masks, counts = select_per_leaf([spec], [jnp.ones(4, bool)], jnp.array([2]))
+      >>> masks[0].tolist(), counts.tolist()
+      ([False, True, False, True], [2])
     """
     if not key_specs:
         return [], jnp.zeros((0,), jnp.int32)
-    return _select(
-        key_specs, eligible, k, list(range(len(key_specs))), len(key_specs), interpolate, n_eligible
-    )
+    n = len(key_specs)
+    groups = _Groups(tuple(range(n)), tuple((i,) for i in range(n)))
+    return _select(key_specs, eligible, k, groups, interpolate, n_eligible)
 
 
 def select_global(
@@ -424,12 +452,29 @@ def select_global(
     *,
     n_eligible: jax.Array | None = None,
 ) -> tuple[list[jax.Array], jax.Array]:
-    """:func:`top_k_global` with keys given as :data:`KeySpec`; also returns per-leaf counts."""
+    """:func:`top_k_global` with keys given as :data:`KeySpec`; also returns per-leaf counts.
+
+    Args:
+      key_specs: per leaf, ``(function, arrays)`` with ``function(*arrays)`` the ``uint32`` keys.
+      eligible: bool arrays of the leaves' shapes.
+      k: int scalar (may be traced); clipped to ``[0, total #eligible]``.
+      n_eligible: the per-leaf counts of ``eligible``, when the caller knows them (saves a pass).
+
+    Returns:
+      ``(masks, counts)``: the selection masks and the int32 number selected in each leaf.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> specs = [(order_key, (jnp.array([1.0, 3.0]),)), (order_key, (jnp.array([3.0, 2.0]),))]
+      >>> masks, counts = select_global(specs, [jnp.ones(2, bool)] * 2, jnp.int32(2))
+      >>> [m.tolist() for m in masks], counts.tolist()
+      ([[False, True], [True, False]], [1, 1])
+    """
     if not key_specs:
         return [], jnp.zeros((0,), jnp.int32)
-    return _select(
-        key_specs, eligible, jnp.reshape(k, (1,)), [0] * len(key_specs), 1, n_eligible=n_eligible
-    )
+    n = len(key_specs)
+    groups = _Groups((0,) * n, (tuple(range(n)),))
+    return _select(key_specs, eligible, jnp.reshape(k, (1,)), groups, n_eligible=n_eligible)
 
 
 def _const(x: jax.Array) -> KeySpec:
@@ -441,6 +486,8 @@ def top_k_per_leaf(
 ) -> list[jax.Array]:
     """In each leaf ``i``, selects the ``k[i]`` eligible entries with the largest key.
 
+    Ties are taken by lowest row-major flat index.
+
     Args:
       keys: ``uint32`` arrays from :func:`order_key`.
       eligible: bool arrays of the same shapes; ineligible entries are never selected.
@@ -448,6 +495,12 @@ def top_k_per_leaf(
 
     Returns:
       Bool arrays with exactly ``clip(k[i], 0, #eligible_i)`` entries set in leaf ``i``.
+
+    Example:
+      >>> import jax.numpy as jnp, ggr_jax as gj
+      >>> keys = [gj.order_key(jnp.array([2.0, 5.0, 5.0, 1.0]))]
+      >>> gj.top_k_per_leaf(keys, [jnp.ones(4, bool)], jnp.array([2]))[0].tolist()
+      [False, True, True, False]
     """
     return select_per_leaf([_const(x) for x in keys], eligible, k)[0]
 
@@ -467,5 +520,11 @@ def top_k_global(
 
     Returns:
       Bool arrays, one per leaf, with exactly ``clip(k, 0, #eligible)`` entries set in total.
+
+    Example:
+      >>> import jax.numpy as jnp, ggr_jax as gj
+      >>> keys = [gj.order_key(jnp.array([1.0, 4.0])), gj.order_key(jnp.array([4.0, 4.0]))]
+      >>> [m.tolist() for m in gj.top_k_global(keys, [jnp.ones(2, bool)] * 2, jnp.int32(2))]
+      [[False, True], [True, False]]
     """
     return select_global([_const(x) for x in keys], eligible, k)[0]

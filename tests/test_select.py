@@ -9,25 +9,15 @@ import pytest
 from hypothesis import given, settings
 
 import ggr_jax as gj
-from ggr_jax._select import random_keys, select_per_leaf
+from ggr_jax._select import random_keys, select_per_leaf, tie_word
+from ggr_jax._select_reference import top_k_reference
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
 
 def reference(keys, eligible, k, *, per_leaf):
-    """Sort-based top-k: largest key first, ties by leaf order then flat index."""
-    keys = [np.asarray(x).ravel().astype(np.int64) for x in keys]
-    eligible = [np.asarray(e).ravel() for e in eligible]
-    out = [np.zeros(x.shape, bool) for x in keys]
-    groups = [[i] for i in range(len(keys))] if per_leaf else [list(range(len(keys)))]
-    for g, leaves in enumerate(groups):
-        entries = sorted(
-            (-int(keys[i][j]), i, j) for i in leaves for j in np.flatnonzero(eligible[i])
-        )
-        kk = int(k[g]) if per_leaf else int(k)
-        for _, i, j in entries[: max(kk, 0)]:
-            out[i][j] = True
-    return out
+    """The sort-based reference, flattened per leaf (as the tests compare)."""
+    return [m.ravel() for m in top_k_reference(keys, eligible, k, per_leaf=per_leaf)]
 
 
 def test_order_key_is_monotone():
@@ -205,3 +195,40 @@ def test_random_keys_with_ties_at_zero():
     np.testing.assert_array_equal(
         np.asarray(got[0]).ravel(), reference([keys], [elig], np.asarray(k), per_leaf=True)[0]
     )
+
+
+def test_tie_word_is_distinct_decreasing_and_below_the_top():
+    for shape in [(1,), (2,), (3, 5), (256,), (257,), (7, 300, 3)]:
+        words = np.asarray(tie_word(shape)).ravel().astype(np.int64)
+        assert np.all(np.diff(words) < 0), shape  # lower flat index: larger word
+        assert words[0] <= 2**32 - 2  # 2**32 - 1 is left for "no tie taken"
+
+
+@pytest.mark.parametrize("k", [1, 2, 50_001, 89_999])
+def test_ties_in_a_large_leaf_take_lowest_indices(k):
+    # 90,000 entries: the tie word is searched over three bytes
+    shape = (300, 300)
+    keys = [jnp.zeros(shape, jnp.uint32), jnp.zeros((5,), jnp.uint32)]
+    elig = [jnp.asarray(np.random.default_rng(2).random(shape) < 0.999), jnp.ones(5, bool)]
+    got = _GLOBAL(keys, elig, jnp.int32(k))
+    for g, w in zip(got, reference(keys, elig, k, per_leaf=False), strict=True):
+        np.testing.assert_array_equal(np.asarray(g).ravel(), w)
+    got, n = _UNIFORM(keys, elig, jnp.asarray([k, 3], jnp.int32))
+    want = reference(keys, elig, [k, 3], per_leaf=True)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(g).ravel(), w)
+    np.testing.assert_array_equal(n, [w.sum() for w in want])
+
+
+def test_global_ties_are_shared_in_leaf_order():
+    # t = 5 is tied in all three leaves; the middle leaf takes part of its ties
+    keys = [
+        jnp.array([9, 5, 5], jnp.uint32),
+        jnp.array([[5, 1], [5, 5]], jnp.uint32),
+        jnp.array([5, 8], jnp.uint32),
+    ]
+    elig = [jnp.ones(3, bool), jnp.array([[True, True], [False, True]]), jnp.ones(2, bool)]
+    for k in range(9):
+        got = _GLOBAL(keys, elig, jnp.int32(k))
+        for g, w in zip(got, reference(keys, elig, k, per_leaf=False), strict=True):
+            np.testing.assert_array_equal(np.asarray(g).ravel(), w, err_msg=f"k={k}")
