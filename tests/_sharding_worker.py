@@ -129,6 +129,12 @@ def same(a, b) -> bool:
     )
 
 
+def max_abs_diff(a, b) -> float:
+    """The largest |a - b| over matching leaves."""
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)), initial=0)) for x, y in pairs)
+
+
 def shardings_kept(outputs, inputs) -> bool:
     pairs = zip(
         jax.tree.leaves(outputs, is_leaf=is_none),
@@ -216,6 +222,7 @@ def check_transforms(results: dict) -> None:
     new_p, new_m = compiled(sp, sm, sg)
     results["transforms/two_axes/dynamic_sparse"] = {
         "params_equal": same(new_p, reference[0]),
+        "params_max_abs_diff": max_abs_diff(new_p, reference[0]),
         "masks_equal": same(new_m, reference[1]),
         "masks_changed": not same(new_m, masks),
         "shardings_kept": shardings_kept((new_p, new_m), (sp, sm)),

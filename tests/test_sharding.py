@@ -73,7 +73,13 @@ def test_sharded_update_moves_connections(results):
 @pytest.mark.parametrize("case", TRANSFORMS)
 def test_transforms_sharded(results, case):
     r = results[f"transforms/{case}"]
-    assert r["params_equal"]
+    if case.endswith("dynamic_sparse"):
+        # Masks are exact; params (|w| ~ 1) after the second optimizer step differ by up to
+        # 1.2e-7 on jax 0.10 (not at all on jax 0.6): XLA:CPU fuses and rounds the partitioned
+        # program's elementwise momentum update differently from the single-device one.
+        assert r["params_max_abs_diff"] <= 1e-6, r["params_max_abs_diff"]
+    else:
+        assert r["params_equal"]
     assert r.get("state_equal", True) and r.get("masks_equal", True)
     assert r["shardings_kept"]
     assert r["bad"] == [], f"collectives beyond scalar all-reduces: {r['bad']}"
