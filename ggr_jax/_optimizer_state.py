@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 from optax import tree_utils as otu
 
-from ggr_jax._tree import PyTree, leaves_with_paths, map_sparse
+from ggr_jax._tree import PyTree, check_like, leaves_with_paths, map_sparse
 
 
 def reset_optimizer_state(
@@ -78,21 +78,10 @@ def reset_optimizer_state(
 
 
 def _check_mask_pair(masks: PyTree, new_masks: PyTree) -> None:
-    paths, old, old_def = leaves_with_paths(masks)
-    _, new, new_def = leaves_with_paths(new_masks)
-    if old_def != new_def:
-        raise ValueError(f"new_masks tree structure does not match masks: {new_def} vs {old_def}")
-    for path, a, b in zip(paths, old, new, strict=True):
-        if (a is None) != (b is None):
-            raise ValueError(f"mask leaf {path!r} is {a!r} in masks but {b!r} in new_masks")
-        if a is None:
-            continue
+    check_like(masks, new_masks, name="new_masks", ref="masks")
+    paths, old, _ = leaves_with_paths(masks)
+    for path, a, b in zip(paths, old, leaves_with_paths(new_masks)[1], strict=True):
         for name, m in (("masks", a), ("new_masks", b)):
             dtype = getattr(m, "dtype", None)
-            if dtype is None or jnp.dtype(dtype) != jnp.bool_:
+            if m is not None and (dtype is None or jnp.dtype(dtype) != jnp.bool_):
                 raise ValueError(f"{name} leaf {path!r} must be a bool array, got dtype {dtype}")
-        if tuple(a.shape) != tuple(b.shape):
-            raise ValueError(
-                f"mask leaf {path!r} has shape {tuple(a.shape)} in masks, "
-                f"{tuple(b.shape)} in new_masks"
-            )

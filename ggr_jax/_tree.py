@@ -172,18 +172,20 @@ def check_masks(params: PyTree, masks: PyTree, *, name: str = "masks") -> None:
             )
 
 
-def check_like(params: PyTree, other: PyTree, *, name: str) -> None:
-    """Raises ``ValueError`` unless ``other`` has the structure and leaf shapes of ``params``."""
+def check_like(params: PyTree, other: PyTree, *, name: str, ref: str = "params") -> None:
+    """Raises ``ValueError`` unless ``other`` (called ``name``) has the structure, the ``None``
+    leaves and the leaf shapes of ``params`` (called ``ref``)."""
     _, p_leaves, p_def = leaves_with_paths(params)
     paths, o_leaves, o_def = leaves_with_paths(other)
     if p_def != o_def:
-        raise ValueError(f"{name} tree structure does not match params: {o_def} vs {p_def}")
+        raise ValueError(f"{name} tree structure does not match {ref}: {o_def} vs {p_def}")
+    leaf = "param" if ref == "params" else f"{ref}' leaf"
     for path, o, x in zip(paths, o_leaves, p_leaves, strict=True):
         if (o is None) != (x is None):
-            raise ValueError(f"{name} leaf {path!r} is {o!r} where the param is {x!r}")
+            raise ValueError(f"{name} leaf {path!r} is {o!r} where the {leaf} is {x!r}")
         if o is not None and np.shape(o) != np.shape(x):
             raise ValueError(
-                f"{name} leaf {path!r} has shape {np.shape(o)}, param has {np.shape(x)}"
+                f"{name} leaf {path!r} has shape {np.shape(o)}, {leaf} has {np.shape(x)}"
             )
 
 

@@ -73,7 +73,9 @@ def test_reset_optimizer_state_checks_the_masks():
     params = {"w": jnp.ones(3)}
     state = tx.init(params)
     ok = {"w": jnp.ones(3, bool)}
-    with pytest.raises(ValueError, match=r"mask leaf 'w' has shape \(3,\) in masks, \(4,\)"):
+    with pytest.raises(
+        ValueError, match=r"new_masks leaf 'w' has shape \(4,\), masks' leaf has \(3,\)"
+    ):
         gj.reset_optimizer_state(tx, state, ok, {"w": jnp.ones(4, bool)})
     with pytest.raises(ValueError, match=r"mask of shape \(4,\) does not match .* \(3,\)"):
         gj.reset_optimizer_state(tx, state, {"w": jnp.ones(4, bool)}, {"w": jnp.ones(4, bool)})
