@@ -2,9 +2,10 @@
 
 ``eqx.partition(model, eqx.is_inexact_array)`` splits the model into params (a pytree of the
 same ``eqx.nn.MLP`` class, arrays as leaves) and the rest; masks, densities and
-:func:`ggr_jax.redistribute` work on that params tree directly. Equinox's ``Linear`` stores its
-weight as (out, in), the transpose of Flax's kernels; the library default for ``min_active``
-applies unchanged.
+:func:`ggr_jax.update_topology` work on that params tree directly. Equinox's ``Linear`` stores
+its weight as (out, in), the transpose of Flax's kernels; the library default for ``min_active``
+applies unchanged. One jitted step runs the topology update under ``lax.cond`` when it is due,
+before the step's optimizer update, which then applies the same gradients on the new masks.
 
 Run: ``python examples/equinox_mlp.py --steps 300``
 """
@@ -36,7 +37,12 @@ def main(steps: int = 300, sparsity: float = 0.9, update_every: int = 50) -> dic
 
     masks = gj.random_masks(params, gj.erk_densities(params, sparsity), jax.random.key(2))
     params = gj.apply_masks(params, masks)
-    tx = optax.chain(gj.mask_gradients(), optax.sgd(0.1, momentum=0.9), gj.mask_updates())
+    tx = optax.chain(
+        gj.accumulate_gradients(),  # ggr()'s signal: the mean gradient since the last update
+        gj.mask_gradients(),
+        optax.sgd(0.1, momentum=0.9),
+        gj.mask_updates(),
+    )
     opt_state = tx.init(params)
     fraction = optax.cosine_decay_schedule(0.3, steps)
 
@@ -45,29 +51,28 @@ def main(steps: int = 300, sparsity: float = 0.9, update_every: int = 50) -> dic
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     @jax.jit
-    def train_step(params, opt_state, masks):
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params, masks=masks)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    @jax.jit
-    def topology_update(params, opt_state, masks, key, fraction):
-        grads = jax.grad(loss_fn)(params)  # dense grads: the regrowth signal
-        new_params, new_masks, info = gj.redistribute(
-            params, masks, grads, key, method=gj.ggr(), fraction=fraction
+    def train_step(params, opt_state, masks, step, key):
+        loss, grads = jax.value_and_grad(loss_fn)(params)  # dense grads
+        params, masks, opt_state, info = gj.update_topology(
+            params,
+            masks,
+            grads,
+            opt_state,
+            jax.random.fold_in(key, step),
+            optimizer=tx,
+            method=gj.ggr(),
+            fraction=fraction(step),
+            due=gj.is_update_step(step, update_every, steps),
         )
-        opt_state = gj.reset_optimizer_state(tx, opt_state, masks, new_masks)
-        return new_params, opt_state, new_masks, info["moved"]
+        updates, opt_state = tx.update(grads, opt_state, params, masks=masks)
+        return optax.apply_updates(params, updates), opt_state, masks, loss, info["moved"]
 
     losses, moved = [], 0
     for step in range(steps):
-        if step > 0 and step % update_every == 0:
-            key = jax.random.fold_in(jax.random.key(3), step)
-            params, opt_state, masks, m = topology_update(
-                params, opt_state, masks, key, fraction(step)
-            )
-            moved += int(m)
-        params, opt_state, loss = train_step(params, opt_state, masks)
+        params, opt_state, masks, loss, m = train_step(
+            params, opt_state, masks, step, jax.random.key(3)
+        )
+        moved += int(m)
         losses.append(float(loss))
     return {
         "losses": losses,

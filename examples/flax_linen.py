@@ -1,8 +1,10 @@
 """GGR with a Flax Linen model: masks over ``params``, the topology update under ``lax.cond``.
 
 The whole training step, topology update included, is one jitted function: every
-``update_every`` steps ``lax.cond`` runs :func:`ggr_jax.redistribute` (prune by magnitude, regrow
-by GGR's global top-k of the gradient) and resets the optimizer moments of the changed weights.
+``update_every`` steps :func:`ggr_jax.update_topology` runs under ``lax.cond`` (prune by
+magnitude, regrow by GGR's global top-k of the mean gradient since the last update, reset the
+optimizer moments of the changed weights) before the step's optimizer update, which then applies
+the same gradients on the new masks.
 
 Run: ``python examples/flax_linen.py --steps 300``
 """
@@ -45,7 +47,12 @@ def main(steps: int = 300, sparsity: float = 0.9, update_every: int = 50) -> dic
     densities = gj.erk_densities(params, sparsity)  # kernels sparse, biases dense (None)
     masks = gj.random_masks(params, densities, jax.random.key(2))
     params = gj.apply_masks(params, masks)
-    tx = optax.chain(gj.mask_gradients(), optax.sgd(0.1, momentum=0.9), gj.mask_updates())
+    tx = optax.chain(
+        gj.accumulate_gradients(),  # ggr()'s signal: the mean gradient since the last update
+        gj.mask_gradients(),
+        optax.sgd(0.1, momentum=0.9),
+        gj.mask_updates(),
+    )
     opt_state = tx.init(params)
     fraction = optax.cosine_decay_schedule(0.3, steps)
 
@@ -55,31 +62,21 @@ def main(steps: int = 300, sparsity: float = 0.9, update_every: int = 50) -> dic
 
     @jax.jit
     def train_step(params, opt_state, masks, step):
-        loss, grads = jax.value_and_grad(loss_fn)(params)  # dense grads: a regrowth signal
-        updates, opt_state = tx.update(grads, opt_state, params, masks=masks)
-        params = optax.apply_updates(params, updates)
-
-        def topology_update(args):
-            params, masks, opt_state = args
-            new_params, new_masks, info = gj.redistribute(
-                params,
-                masks,
-                grads,
-                jax.random.fold_in(jax.random.key(3), step),
-                method=gj.ggr(),
-                fraction=fraction(step),
-            )
-            opt_state = gj.reset_optimizer_state(tx, opt_state, masks, new_masks)
-            return new_params, new_masks, opt_state, info["moved"]
-
-        due = (step % update_every == 0) & (step > 0)
-        params, masks, opt_state, moved = jax.lax.cond(
-            due,
-            topology_update,
-            lambda args: (*args, jnp.int32(0)),
-            (params, masks, opt_state),
+        loss, grads = jax.value_and_grad(loss_fn)(params)  # dense grads
+        params, masks, opt_state, info = gj.update_topology(
+            params,
+            masks,
+            grads,
+            opt_state,
+            jax.random.fold_in(jax.random.key(3), step),
+            optimizer=tx,
+            method=gj.ggr(),
+            fraction=fraction(step),
+            due=gj.is_update_step(step, update_every, steps),
         )
-        return params, opt_state, masks, loss, moved
+        updates, opt_state = tx.update(grads, opt_state, params, masks=masks)  # new masks
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, masks, loss, info["moved"]
 
     losses, moved = [], 0
     for step in range(steps):

@@ -3,8 +3,11 @@
 ``nnx.Optimizer.update(model, grads, **kwargs)`` forwards its keyword arguments to the optax
 transform, so the masking chain gets its masks as it does in plain optax. Masks are built over
 the pure params (``nnx.as_pure(nnx.state(model, nnx.Param))``), the structure the optimizer hands
-to optax. Every ``update_every`` steps a separately jitted topology update runs GGR, writes the
-new params into the model and resets the optimizer moments of the changed weights.
+to optax. Every ``update_every`` steps a separately jitted step runs :func:`ggr_jax.update_topology`
+first (GGR's regrowth from the mean gradient since the last update, held by
+``accumulate_gradients``; the optimizer moments of the changed weights reset), writes the new
+params and state into the model and the optimizer, then the step's optimizer update with the same
+gradients on the new masks.
 
 Run: ``python examples/flax_nnx.py --steps 300``
 """
@@ -57,17 +60,23 @@ def train_step(model, optimizer, masks, x, y):
 
 
 @nnx.jit
-def topology_update(model, optimizer, masks, x, y, key, fraction):
-    grads = pure_params(nnx.grad(loss_fn)(model, x, y))  # dense grads: the regrowth signal
-    new_params, new_masks, info = gj.redistribute(
-        pure_params(model), masks, grads, key, method=gj.ggr(), fraction=fraction
+def update_step(model, optimizer, masks, x, y, key, fraction):
+    """A training step with a topology update first; returns the loss, new masks and ``moved``."""
+    loss, grads = nnx.value_and_grad(loss_fn)(model, x, y)  # dense grads
+    params, new_masks, opt_state, info = gj.update_topology(
+        pure_params(model),
+        masks,
+        pure_params(grads),
+        nnx.as_pure(optimizer.opt_state),
+        key,
+        optimizer=optimizer.tx,
+        method=gj.ggr(),
+        fraction=fraction,
     )
-    nnx.update(model, new_params)
-    opt_state = gj.reset_optimizer_state(
-        optimizer.tx, nnx.as_pure(optimizer.opt_state), masks, new_masks
-    )
+    nnx.update(model, params)
     nnx.update(optimizer.opt_state, nnx.state(opt_state))
-    return new_masks, info["moved"]
+    optimizer.update(model, grads, masks=new_masks)  # the same grads, on the new masks
+    return loss, new_masks, info["moved"]
 
 
 def main(steps: int = 300, sparsity: float = 0.9, update_every: int = 50) -> dict:
@@ -78,17 +87,24 @@ def main(steps: int = 300, sparsity: float = 0.9, update_every: int = 50) -> dic
     masks = gj.random_masks(params, gj.erk_densities(params, sparsity), jax.random.key(2))
     nnx.update(model, gj.apply_masks(params, masks))
 
-    tx = optax.chain(gj.mask_gradients(), optax.sgd(0.1, momentum=0.9), gj.mask_updates())
+    tx = optax.chain(
+        gj.accumulate_gradients(),  # ggr()'s signal: the mean gradient since the last update
+        gj.mask_gradients(),
+        optax.sgd(0.1, momentum=0.9),
+        gj.mask_updates(),
+    )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     fraction = optax.cosine_decay_schedule(0.3, steps)
 
     losses, moved = [], 0
     for step in range(steps):
-        if step > 0 and step % update_every == 0:
+        if gj.is_update_step(step, update_every, steps):
             key = jax.random.fold_in(jax.random.key(3), step)
-            masks, m = topology_update(model, optimizer, masks, x, y, key, fraction(step))
+            loss, masks, m = update_step(model, optimizer, masks, x, y, key, fraction(step))
             moved += int(m)
-        losses.append(float(train_step(model, optimizer, masks, x, y)))
+        else:
+            loss = train_step(model, optimizer, masks, x, y)
+        losses.append(float(loss))
     return {
         "losses": losses,
         "moved": moved,

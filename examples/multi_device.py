@@ -7,8 +7,9 @@ Runs as is on 8 fake CPU devices, and unchanged on a TPU/GPU slice::
 
 Params, masks and momentum are sharded over a ``data x model`` mesh (FSDP along ``data``, tensor
 parallel along ``model``), the batch along ``data``. The jitted step runs the topology update
-inside ``lax.cond``; every selection in it is a threshold search whose passes are per-shard
-counts, so only scalars cross devices, and the masks keep the params' sharding.
+(:func:`ggr_jax.update_topology`) inside ``lax.cond`` before its optimizer update; every
+selection in it is a threshold search whose passes are per-shard counts, so only scalars cross
+devices, and the masks keep the params' sharding.
 """
 
 from __future__ import annotations
@@ -77,7 +78,12 @@ def main() -> None:
 
     mask_shardings = jax.tree.map(lambda s, p: s if p.ndim == 2 else None, shardings, abstract)
     params, masks = jax.jit(init, out_shardings=(shardings, mask_shardings))(jax.random.key(0))
-    tx = optax.chain(gj.mask_gradients(), optax.sgd(0.05, momentum=0.9), gj.mask_updates())
+    tx = optax.chain(
+        gj.accumulate_gradients(),  # ggr()'s signal: the mean gradient since the last update
+        gj.mask_gradients(),
+        optax.sgd(0.05, momentum=0.9),
+        gj.mask_updates(),
+    )
     opt_state = jax.jit(tx.init)(params)  # momentum inherits the params' sharding
     schedule = optax.cosine_decay_schedule(0.3, decay_steps=args.steps * 3 // 4)
 
@@ -88,30 +94,21 @@ def main() -> None:
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
+        # the topology update first (when due), then the optimizer update on the new masks
+        params, masks, opt_state, info = gj.update_topology(
+            params,
+            masks,
+            grads,
+            opt_state,
+            jax.random.fold_in(jax.random.key(1), step),
+            optimizer=tx,
+            method=gj.ggr(),
+            fraction=schedule(step),
+            due=gj.is_update_step(step, 50, args.steps * 3 // 4),
+        )
         updates, opt_state = tx.update(grads, opt_state, params, masks=masks)
         params = optax.apply_updates(params, updates)
-
-        def topology_update(operands):
-            params, masks, opt_state = operands
-            new_params, new_masks, info = gj.redistribute(
-                params,
-                masks,
-                grads,
-                jax.random.fold_in(jax.random.key(1), step),
-                method=gj.ggr(),
-                fraction=schedule(step),
-            )
-            new_state = gj.reset_optimizer_state(tx, opt_state, masks, new_masks)
-            return (new_params, new_masks, new_state), info["moved"]
-
-        def no_update(operands):
-            return operands, jnp.zeros((), jnp.int32)
-
-        due = (step > 0) & (step % 50 == 0) & (step < args.steps * 3 // 4)
-        (params, masks, opt_state), moved = jax.lax.cond(
-            due, topology_update, no_update, (params, masks, opt_state)
-        )
-        return params, masks, opt_state, loss, moved
+        return params, masks, opt_state, loss, info["moved"]
 
     # A fixed synthetic task: the labels come from a random linear teacher.
     teacher = np.random.default_rng(0).normal(size=(784, 10)).astype(np.float32)
