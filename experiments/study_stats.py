@@ -37,7 +37,9 @@ CLAIM_B = (
     f"({' and '.join(spec.BASELINES.values())}), paired by seed. It holds if, at every sparsity "
     "of grid A, GGR's gap is no larger than both: the upper bound of the interval of "
     f"gap(GGR) − gap(comparator) is below +{100 * spec.MIN_EFFECT:.1f} pp. A sparsity where "
-    "either init is untestable is untestable for claim (b)."
+    "either init is untestable is untestable for claim (b). Gap differences are labelled "
+    "**smaller gap** / **larger gap** (GGR's gap against the comparator's) by the same rule as "
+    "better / worse."
 )
 
 
@@ -195,6 +197,10 @@ def gap_interval(
     return Paired(len(g), mean, lo, hi, pending)
 
 
+# For a gap difference a positive mean is the worse outcome: name the direction, not a ranking.
+_GAP_WORDS = {"better": "larger gap", "worse": "smaller gap"}
+
+
 def claim_b(rows: list[dict], grid: spec.Grid, arm: str = "ggr") -> list[Comparison]:
     """gap(arm) − gap(comparator) per (sparsity, epochs); the Comparison's cell has init 'gap'."""
     accs = seeds_by_cell(rows, grid)
@@ -207,6 +213,7 @@ def claim_b(rows: list[dict], grid: spec.Grid, arm: str = "ggr") -> list[Compari
                 p = paired(
                     gaps(rows, grid, arm, s, e), gaps(rows, grid, base, s, e), len(grid.seeds), dead
                 )
+                p = p._replace(verdict=_GAP_WORDS.get(p.verdict, p.verdict))
                 out.append(Comparison(("gap", s, e), base, p))
     return out
 

@@ -122,7 +122,7 @@ def test_claims_on_grid_a():
     assert st.claim_a(comps) == ("holds", [])
     # claim (b): GGR's gap 0 vs the baselines' +1 pp: gap(ggr) - gap(base) = -1 pp
     b = st.claim_b(rows, a)
-    assert {c.result.verdict for c in b if c.cell[1] != 0.995} == {"worse"}
+    assert {c.result.verdict for c in b if c.cell[1] != 0.995} == {"smaller gap"}
     assert {c.result.verdict for c in b if c.cell[1] == 0.995} == {"untestable"}
     assert st.claim_b_status(b)[0] == "holds"
     # GGR 2 pp behind everywhere: claim (a) fails in every testable erk cell
