@@ -8,7 +8,9 @@ and outside load hits all variants alike. A process reports the median of its ca
 Across processes (:func:`run_workers`, :func:`aggregate`): each unit of work runs in a fresh
 process (``python -m benchmarks worker UNIT``), one after another, units interleaved across the
 repeats; the parent never touches a device. A table value is the median of the per-process
-medians, with their min-max, and a target is met only if every process meets it.
+medians, with their min-max, and a target is met only if every process meets it. The parent
+records how much CPU other processes used while each worker ran (``/proc/stat``) and runs a
+disturbed worker again (:func:`run_workers`), so a report says whether the machine was quiet.
 """
 
 from __future__ import annotations
@@ -125,20 +127,78 @@ def machine() -> dict[str, str]:
     }
 
 
+QUIET_CORES = 0.1  # a process ran on a quiet machine if others used less CPU than this, on average
+
+
+def machine_cpu_seconds(stat: str | None = None) -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from ``/proc/stat``.
+
+    Busy is user + nice + system + irq + softirq over all cores; steal is time the hypervisor
+    gave to other guests. NaN where ``/proc/stat`` cannot be read (not Linux).
+
+    Args:
+      stat: the text of ``/proc/stat`` (read from the file when None).
+
+    Returns:
+      ``(busy_s, steal_s)``.
+
+    Example:
+      >>> machine_cpu_seconds("cpu  100 0 50 900 0 0 10 40 0 0\n")[0] * os.sysconf("SC_CLK_TCK")
+      160.0
+    """
+    try:
+        text = Path("/proc/stat").read_text() if stat is None else stat
+        fields = [float(x) for x in text.splitlines()[0].split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    except (OSError, ValueError, IndexError):
+        return float("nan"), float("nan")
+    hz = float(os.sysconf("SC_CLK_TCK"))
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+def _children_cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_one(cmd: list[str]) -> dict[str, float]:
+    """Runs a worker; how long it took and how much CPU the rest of the machine used meanwhile.
+
+    ``others_cores`` is the CPU time used by every other process (the parent's own is a rounding
+    error) divided by the worker's wall time: 0 on a quiet machine, 1 when another process kept
+    one core busy the whole time.
+    """
+    busy0, steal0 = machine_cpu_seconds()
+    own0, t0 = _children_cpu_seconds(), time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    busy1, steal1 = machine_cpu_seconds()
+    others = max(busy1 - busy0 - (_children_cpu_seconds() - own0), 0.0)
+    return {"wall_s": wall, "others_cores": others / wall, "steal_s": steal1 - steal0}
+
+
 def run_workers(
-    plan: list[tuple[str, int]], flags: list[str], log: Callable[[str], None]
+    plan: list[tuple[str, int]], flags: list[str], log: Callable[[str], None], retries: int = 2
 ) -> dict[str, list[dict]]:
-    """Runs each ``(unit, process index)`` of ``plan`` in its own process, one at a time."""
+    """Runs each ``(unit, process index)`` of ``plan`` in its own process, one at a time.
+
+    A process during which other processes used more than :data:`QUIET_CORES` of the CPU is run
+    again, at most ``retries`` times; the record keeps the last attempt and how many were
+    disturbed (``disturbed_attempts``), and the report says when one stayed disturbed.
+    """
     out: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (unit, index) in enumerate(plan):
             path = Path(tmp) / f"{unit}_{index}.json"
             cmd = [sys.executable, "-m", "benchmarks", "worker", unit, "--out", str(path)]
-            log(f"[{i + 1}/{len(plan)}] {unit}, process {index + 1}")
-            t0 = time.perf_counter()
-            subprocess.run(cmd + flags, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+            for attempt in range(retries + 1):
+                log(f"[{i + 1}/{len(plan)}] {unit}, process {index + 1}")
+                run = run_one(cmd + flags)
+                if not run["others_cores"] > QUIET_CORES or attempt == retries:
+                    break
+                log(f"  other processes used {run['others_cores']:.2f} cores: run again")
             record = json.loads(path.read_text())
-            record["wall_s"] = time.perf_counter() - t0
+            record.update(run, disturbed_attempts=attempt)
             out.setdefault(unit, []).append(record)
     return out
 

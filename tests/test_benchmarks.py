@@ -16,7 +16,7 @@ import numpy as np
 
 import ggr_jax as gj
 from benchmarks import __main__ as cli
-from benchmarks import baselines, models, report, targets
+from benchmarks import baselines, harness, models, report, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -72,6 +72,46 @@ def test_units_are_interleaved_across_processes():
     assert order[-1] == ("shape_gpt2", 2) and len(order) == 9
     args = cli.parser().parse_args(["run", "--shape-processes", "1", "--shapes", "gpt2"])
     assert sum(u == "shape_gpt2" for u, _ in cli.plan(args)[0]) == 1
+
+
+def test_machine_cpu_seconds_reads_busy_and_steal_from_proc_stat():
+    hz = float(__import__("os").sysconf("SC_CLK_TCK"))
+    busy, steal = harness.machine_cpu_seconds("cpu  100 5 50 900 7 3 10 40 0 0\ncpu0 1 2 3\n")
+    assert busy * hz == 168.0 and steal * hz == 40.0  # user+nice+system+irq+softirq; steal
+    assert all(np.isnan(harness.machine_cpu_seconds("garbage")))
+
+
+def test_a_disturbed_worker_is_run_again_and_reported(monkeypatch):
+    seen = iter([1.0, 0.5, 0.0])  # others used 1 and 0.5 cores, then the machine was quiet
+
+    def fake_run(cmd):
+        Path(cmd[cmd.index("--out") + 1]).write_text(json.dumps({"values": {}}))
+        return {"wall_s": 1.0, "others_cores": next(seen), "steal_s": 0.0}
+
+    monkeypatch.setattr(harness, "run_one", fake_run)
+    out = harness.run_workers([("mlp_1M", 0)], [], lambda msg: None, retries=2)
+    (record,) = out["mlp_1M"]
+    assert record["disturbed_attempts"] == 2 and record["others_cores"] == 0.0
+    assert not [x for x in report.quietness(out) if x.startswith("**Disturbed")]
+    seen = iter([1.0, 0.5])
+    out = harness.run_workers([("mlp_1M", 0)], [], lambda msg: None, retries=1)
+    assert out["mlp_1M"][0]["others_cores"] == 0.5
+    (flag,) = [x for x in report.quietness(out) if x.startswith("**Disturbed")]
+    assert "`mlp_1M`, process 1" in flag and "0.50 cores" in flag
+
+
+def test_run_one_accounts_for_the_worker_itself():
+    run = harness.run_one([__import__("sys").executable, "-c", "sum(range(10**6))"])
+    assert (
+        run["wall_s"] > 0
+        and run["others_cores"] >= 0
+        and set(run)
+        == {
+            "wall_s",
+            "others_cores",
+            "steal_s",
+        }
+    )
 
 
 def test_baselines_keep_exact_counts():
