@@ -185,7 +185,13 @@ def random_keys(key: jax.Array, shape: Sequence[int]) -> jax.Array:
 
 
 class _Groups(NamedTuple):
-    """Which leaves select together (static): ``of_leaf[i]`` is leaf ``i``'s group."""
+    """Which leaves select together (static): ``of_leaf[i]`` is leaf ``i``'s group.
+
+    The members of a group are consecutive leaves. Every operation on per-leaf scalars is a
+    fixed handful of vector ops, whatever the number of leaves: a Python loop over leaves here
+    would put O(leaves) ops in the program for each use, and XLA duplicates such scalar chains
+    into every consumer, which made the program grow quadratically with the number of leaves.
+    """
 
     of_leaf: tuple[int, ...]
     members: tuple[tuple[int, ...], ...]
@@ -195,11 +201,41 @@ class _Groups(NamedTuple):
         return all(len(m) == 1 for m in self.members)
 
     def sum(self, per_leaf: jax.Array) -> jax.Array:
-        """Per-group sums of per-leaf scalars: a few scalar adds, no gather of arrays."""
-        return jnp.stack([sum((per_leaf[i] for i in m), jnp.int32(0)) for m in self.members])
+        """Per-group sums of per-leaf scalars (no gather of arrays)."""
+        if self.alone:
+            return per_leaf
+        if len(self.members) == 1:
+            return jnp.sum(per_leaf, keepdims=True)
+        return jax.ops.segment_sum(
+            per_leaf, jnp.asarray(self.of_leaf), num_segments=len(self.members)
+        )
 
     def to_leaves(self, per_group: jax.Array) -> jax.Array:
-        return jnp.stack([per_group[g] for g in self.of_leaf])
+        """Per leaf, its group's entry of ``per_group``."""
+        if self.alone:
+            return per_group
+        if len(self.members) == 1:
+            return jnp.broadcast_to(per_group, (len(self.of_leaf),))
+        return per_group[jnp.asarray(self.of_leaf)]
+
+    def before(self, per_leaf: jax.Array) -> jax.Array:
+        """Per leaf, the sum of ``per_leaf`` over the earlier leaves of its group."""
+        if self.alone:
+            return jnp.zeros_like(per_leaf)
+        exclusive = jnp.cumsum(per_leaf) - per_leaf
+        if len(self.members) == 1:
+            return exclusive
+        first = jnp.asarray([self.members[g][0] for g in self.of_leaf])
+        return exclusive - exclusive[first]
+
+
+def _groups(members: Sequence[Sequence[int]]) -> _Groups:
+    """Groups of consecutive leaves, in leaf order."""
+    of_leaf = tuple(g for g, m in enumerate(members) for _ in m)
+    flat = [i for m in members for i in m]
+    if flat != list(range(len(flat))):
+        raise AssertionError(f"groups must be consecutive leaves in order, got {members}")
+    return _Groups(of_leaf, tuple(tuple(m) for m in members))
 
 
 class _Search(NamedTuple):
@@ -276,12 +312,7 @@ def _enter_tie_word(s: _Search, groups: _Groups) -> _Search:
     """
     above = _group_totals(s.c_hi, groups)
     tie = s.c_lo - s.c_hi
-    before = [jnp.int32(0)] * len(groups.members)
-    takes = []
-    for i, g in enumerate(groups.of_leaf):
-        takes.append(jnp.clip(s.target[i] - above[i] - before[g], 0, tie[i]))
-        before[g] = before[g] + tie[i]
-    take = jnp.stack(takes)
+    take = jnp.clip(s.target - above - groups.before(tie), 0, tie)
     return s._replace(
         value=s.lo,
         lo=jnp.where(take > 0, jnp.uint32(0), _U32_MAX),
@@ -441,7 +472,7 @@ def select_per_leaf(
     if not key_specs:
         return [], jnp.zeros((0,), jnp.int32)
     n = len(key_specs)
-    groups = _Groups(tuple(range(n)), tuple((i,) for i in range(n)))
+    groups = _groups([(i,) for i in range(n)])
     return _select(key_specs, eligible, k, groups, interpolate, n_eligible)
 
 
@@ -473,7 +504,7 @@ def select_global(
     if not key_specs:
         return [], jnp.zeros((0,), jnp.int32)
     n = len(key_specs)
-    groups = _Groups((0,) * n, (tuple(range(n)),))
+    groups = _groups([range(n)])
     return _select(key_specs, eligible, jnp.reshape(k, (1,)), groups, n_eligible=n_eligible)
 
 
