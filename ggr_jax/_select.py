@@ -23,8 +23,9 @@ It is found one byte at a time, most significant first (a radix select over 8 by
 1. For each byte, one elementwise pass writes a ``uint8`` array holding that byte of the entries
    whose higher bytes equal the prefix found so far (0 elsewhere).
 2. A search over the 256 byte values counts ``digit >= x`` on that array, each count reading
-   one byte per entry (:func:`ggr_jax._counting.count_true`): bisection for the most significant
-   byte (8 counts), interpolation with a bisection safeguard for the others (typically 2-6 counts
+   one byte per entry (:func:`ggr_jax._counting.count_at_least`, four digits to a ``uint32``
+   word where the leaf's rows come in fours): bisection for the most significant byte (8
+   counts), interpolation with a bisection safeguard for the others (typically 2-6 counts
    each). The search stops as soon as a count equals ``k``, so the tie word is searched only by
    a leaf that must take part of the entries tied at the threshold, and only as far as needed.
 3. In a global selection, the value word is searched over the group of leaves; if the group
@@ -33,9 +34,9 @@ It is found one byte at a time, most significant first (a radix select over 8 by
 
 A count is a plain reduction, so it shards across devices without gathering anything but
 scalars. Keys are passed as functions and recomputed wherever they are needed, so that no
-``uint32`` copy of the scores is kept: the only array-sized temporaries are one ``uint8`` digit
-array per leaf. Per-leaf counts at both ends of the bracket are carried through the search, so
-the number of entries selected in every leaf is known without counting the result.
+``uint32`` copy of the scores is kept: the only array-sized temporaries are one digit array per
+leaf (a byte per entry). Per-leaf counts at both ends of the bracket are carried through the
+search, so the number of entries selected in every leaf is known without counting the result.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ggr_jax._counting import count_true
+from ggr_jax._counting import count_at_least, count_true, pack_digits
 
 __all__ = [
     "KeySpec",
@@ -330,7 +331,7 @@ def _digits(spec: KeySpec, eligible: jax.Array, s: _Search, i: int) -> jax.Array
     word = jnp.where(_in_tie(s), tie_word(eligible.shape, s.byte), keys)
     in_block = eligible & ((word >> (shift + 8)) == (s.lo[i] >> (shift + 8)))
     in_block = in_block & (~_in_tie(s) | (keys == s.value[i]))
-    return jnp.where(in_block, (word >> shift).astype(jnp.uint8), jnp.uint8(0))
+    return pack_digits(jnp.where(in_block, (word >> shift).astype(jnp.uint8), jnp.uint8(0)))
 
 
 def _probe(
@@ -355,7 +356,7 @@ def _probe(
     mid = jnp.where(use_guess, jnp.clip(guess, d_lo + 1, d_hi), mid)
     mid8 = mid.astype(jnp.uint8)
     counts = [
-        lax.cond(active[i], lambda i=i: count_true(digits[i] >= mid8[i]), lambda: jnp.int32(0))
+        lax.cond(active[i], lambda i=i: count_at_least(digits[i], mid8[i]), lambda: jnp.int32(0))
         for i in range(len(digits))
     ]
     c = above + jnp.stack(counts)

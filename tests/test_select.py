@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 
 import ggr_jax as gj
+from ggr_jax._counting import _words_ok, count_at_least, count_true, pack_digits
 from ggr_jax._select import random_keys, select_per_leaf, tie_word
 from ggr_jax._select_reference import top_k_reference
 
@@ -87,7 +88,8 @@ def test_traced_k_does_not_retrace():
 
 # --- property: equal to the sort-based reference ----------------------------------------------
 
-SHAPE_MENU = [[(6, 5)], [(4, 3), (7,), (2, 2, 3)], [(1, 1), (33,)]]
+# (4, 3), (8, 3) and (2, 12, 5) have rows in fours: their digits are counted four to a word
+SHAPE_MENU = [[(6, 5)], [(4, 3), (7,), (2, 2, 3)], [(1, 1), (33,)], [(8, 3), (2, 12, 5)]]
 _GLOBAL = jax.jit(gj.top_k_global)
 _PER_LEAF = jax.jit(gj.top_k_per_leaf)
 
@@ -232,3 +234,29 @@ def test_global_ties_are_shared_in_leaf_order():
         got = _GLOBAL(keys, elig, jnp.int32(k))
         for g, w in zip(got, reference(keys, elig, k, per_leaf=False), strict=True):
             np.testing.assert_array_equal(np.asarray(g).ravel(), w, err_msg=f"k={k}")
+
+
+@SETTINGS
+@given(
+    shape=st.sampled_from([(4, 3), (8, 1), (12, 7), (3, 3, 16, 8), (784, 16), (6, 5), (9,)]),
+    t=st.integers(0, 255),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_counting_four_digits_to_a_word_is_exact(shape, t, seed):
+    rng = np.random.default_rng(seed)
+    d = rng.integers(0, 256, size=shape).astype(np.uint8)
+    d[rng.random(shape) < 0.3] = t  # entries equal to the threshold
+    packed = jax.jit(pack_digits)(jnp.asarray(d))
+    assert packed.dtype == (jnp.uint32 if _words_ok(shape) else jnp.uint8)
+    got = jax.jit(count_at_least)(packed, jnp.uint8(t))
+    assert int(got) == int(np.sum(d >= t)) == int(count_true(jnp.asarray(d) >= t))
+
+
+def test_a_word_holds_four_consecutive_rows():
+    d = np.arange(8 * 3, dtype=np.uint8).reshape(8, 3)
+    words = np.asarray(pack_digits(jnp.asarray(d)))
+    assert words.shape == (2, 3) and words.dtype == np.uint32
+    for i in range(2):
+        for j in range(4):
+            np.testing.assert_array_equal((words[i] >> (8 * j)) & 0xFF, d[4 * i + j])
+    assert not _words_ok((32, 32, 60, 4))  # a byte of a partial count would pass 255
