@@ -90,12 +90,12 @@ def header(raw: dict[str, Any]) -> list[str]:
 CPU_RATIOS = [
     "Ratios to the dense step depend on the machine's balance of matmul speed and memory "
     "passes, and on which VM a 2-vCPU instance lands. Issue 14's probe measured the 1M dense "
-    "step at 2.11 ms and the RigL update at 1.74x of it; on the VM of this run the dense step "
-    "takes ~4.3 ms in a plain script as well as in this harness (7.6 ms on one core: it uses "
-    "both), so the two measurements time the same work, and the same code shows lower ratios "
-    "here. The verdicts below hold for the machine named above; the floor passes (an update's "
-    "time in units of one elementwise pass, measured in the same rounds) carry across machines "
-    "better.",
+    "step at 2.11 ms and the RigL update at 1.74x of it. On the VM of these runs a plain script "
+    "(no harness) timed the same dense step at 4.27 ms (7.56 ms on one core: it uses both "
+    "cores), in line with the harness's dense step below, so both time the same work and the "
+    "difference is the machine. The verdicts below hold for the machine named above; the floor "
+    "passes (an update's time in units of one elementwise pass, measured in the same rounds) "
+    "carry across machines better.",
     "",
 ]
 
