@@ -82,6 +82,19 @@ def _drop_torn_line(path: str) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def append_row(path: str, row: dict | None) -> None:
+    """Appends one row (``None``: the header) and syncs it to disk.
+
+    The file is opened for each row, so that a runs.csv replaced while a grid runs (``git
+    stash``, ``checkout`` or ``pull`` write a new file) gets the rows, not the old, unlinked one.
+    """
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader() if row is None else writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def run_name(cell: dict) -> str:
     init = "" if cell["arm"].method == "dense" else f"-{cell['init']}-s{cell['sparsity']:g}"
     return f"{cell['arm'].name}{init}-e{cell['epochs']}-seed{cell['seed']}"
@@ -208,25 +221,18 @@ def run_grid(
     commit = git_commit()
     os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
     _drop_torn_line(csv_path)
-    new_file = not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0
+    if not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0:
+        append_row(csv_path, None)
     failures = []
     start = time.time()
-    with (
-        open(csv_path, "a", newline="") as f,
-        concurrent.futures.ThreadPoolExecutor(max_workers=max(workers, 1)) as pool,
-    ):
-        writer = csv.DictWriter(f, COLUMNS)
-        if new_file:
-            writer.writeheader()
-            f.flush()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
         futures = [pool.submit(_run, grid, c, workdir, commit) for c in todo]
         for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):
             out = fut.result()
             if isinstance(out, str):
                 failures.append(out)
             else:
-                writer.writerow(out)
-                f.flush()
+                append_row(csv_path, out)
             print(
                 f"[{grid.name}] {i}/{len(todo)} runs ({time.time() - start:.0f} s)"
                 + (f" FAILED: {out}" if isinstance(out, str) else ""),

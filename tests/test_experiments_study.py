@@ -3,6 +3,7 @@ the resumable grid runner on a tiny grid."""
 
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -317,3 +318,32 @@ def test_run_grid_resumes(tmp_path):
     assert len(study_runs.read_rows(csv_path)) == 2
     study_runs._drop_torn_line(csv_path)
     assert open(csv_path).read().endswith("\n") and len(study_runs.read_rows(csv_path)) == 2
+
+
+def test_rows_reach_a_runs_csv_replaced_while_a_grid_runs(tmp_path, monkeypatch):
+    """git stash/checkout/pull write a new file at runs.csv's path: a runner that kept the old
+    one open would append the later rows to an unlinked file."""
+    grid = spec.Grid(
+        "tiny",
+        "digits_mlp",
+        arms=(spec.ARM["rigl"],),
+        inits=("uniform",),
+        sparsities=(0.9,),
+        seeds=(0, 1, 2),
+        epochs=(1,),
+    )
+    csv_path = str(tmp_path / "runs.csv")
+
+    def fake_run(grid, cell, workdir, commit):
+        copy = str(tmp_path / "copy.csv")
+        with open(csv_path) as f, open(copy, "w") as g:
+            g.write(f.read())
+        os.replace(copy, csv_path)  # a new inode at the same path, as git writes it
+        return {c: "" for c in study_runs.COLUMNS} | {
+            "grid": "tiny", "arm": "rigl", "init": "uniform", "sparsity": "0.9",
+            "seed": str(cell["seed"]), "epochs": "1",
+        }  # fmt: skip
+
+    monkeypatch.setattr(study_runs, "_run", fake_run)
+    assert study_runs.run_grid(grid, str(tmp_path / "work"), csv_path, workers=1) == 3
+    assert sorted(r["seed"] for r in study_runs.read_rows(csv_path)) == ["0", "1", "2"]
