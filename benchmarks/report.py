@@ -143,6 +143,10 @@ def targets_table(raw: dict[str, Any]) -> list[str]:
         n = f"{v['met_in']}/{v['processes']} processes"
         verdict = f"met in {n}" if v["met"] else f"**not met** (met in {n})"
         lines.append(f"| {t.text} | {t.source} | {thr} | {got} | {verdict} |")
+    unmet = [t for t in TARGETS if raw["verdicts"].get(t.id, {}).get("met") is False and t.limit]
+    if unmet:
+        lines += ["", "What limits the targets not met:", ""]
+        lines += [f"- {t.text}: {t.limit}" for t in unmet]
     return lines + [""]
 
 
