@@ -44,21 +44,14 @@ class MLP(nn.Module):
         return x
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() (one process per host)",
-    )
-    parser.add_argument("--steps", type=int, default=300)
-    args = parser.parse_args()
-    if args.distributed:
-        jax.distributed.initialize()  # cluster auto-detection (TPU pods, SLURM, ...)
-
+def make_mesh() -> Mesh:
+    """A ``data x model`` mesh over every device (2 x n/2 when the count is even)."""
     n = jax.device_count()
-    mesh = Mesh(np.array(jax.devices()).reshape(2 if n % 2 == 0 else 1, -1), ("data", "model"))
-    model, batch = MLP(), 256
+    return Mesh(np.array(jax.devices()).reshape(2 if n % 2 == 0 else 1, -1), ("data", "model"))
+
+
+def init_sharded(model: nn.Module, mesh: Mesh):
+    """Sharded params and masks (ERK, 90 % sparse), created in place on their devices."""
 
     def spec(path, x):  # kernel rows over data (FSDP), columns over model, where they divide
         axes = ("data", "model")[-x.ndim :]
@@ -70,7 +63,6 @@ def main() -> None:
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 784)))
     shardings = jax.tree_util.tree_map_with_path(spec, abstract)
 
-    @jax.jit
     def init(key):
         params = model.init(key, jnp.zeros((1, 784)))
         masks = gj.random_masks(params, gj.erk_densities(params, 0.9), jax.random.fold_in(key, 1))
@@ -78,14 +70,12 @@ def main() -> None:
 
     mask_shardings = jax.tree.map(lambda s, p: s if p.ndim == 2 else None, shardings, abstract)
     params, masks = jax.jit(init, out_shardings=(shardings, mask_shardings))(jax.random.key(0))
-    tx = optax.chain(
-        gj.accumulate_gradients(),  # ggr()'s signal: the mean gradient since the last update
-        gj.mask_gradients(),
-        optax.sgd(0.05, momentum=0.9),
-        gj.mask_updates(),
-    )
-    opt_state = jax.jit(tx.init)(params)  # momentum inherits the params' sharding
-    schedule = optax.cosine_decay_schedule(0.3, decay_steps=args.steps * 3 // 4)
+    return params, masks, shardings
+
+
+def make_step(model: nn.Module, tx: optax.GradientTransformation, steps: int):
+    """The jitted training step: topology update (when due), then the optimizer update."""
+    schedule = optax.cosine_decay_schedule(0.3, decay_steps=steps * 3 // 4)
 
     @jax.jit
     def step(params, masks, opt_state, x, y, step):
@@ -104,22 +94,52 @@ def main() -> None:
             optimizer=tx,
             method=gj.ggr(),
             fraction=schedule(step),
-            due=gj.is_update_step(step, 50, args.steps * 3 // 4),
+            due=gj.is_update_step(step, 50, steps * 3 // 4),
         )
         updates, opt_state = tx.update(grads, opt_state, params, masks=masks)
         params = optax.apply_updates(params, updates)
         return params, masks, opt_state, loss, info["moved"]
 
-    # A fixed synthetic task: the labels come from a random linear teacher.
+    return step
+
+
+def batch(t: int, mesh: Mesh, size: int = 256):
+    """Batch ``t`` of a fixed synthetic task (labels from a random linear teacher), sharded
+    along ``data``: each device receives only its rows."""
     teacher = np.random.default_rng(0).normal(size=(784, 10)).astype(np.float32)
-    batch_sharding = NamedSharding(mesh, P("data"))
+    sharding = NamedSharding(mesh, P("data"))
+    host = np.random.default_rng(t).normal(size=(size, 784)).astype(np.float32)
+    labels = (host @ teacher).argmax(-1).astype(np.int32)
+    x = jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
+    y = jax.make_array_from_callback(labels.shape, sharding, lambda i: labels[i])
+    return x, y
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() (one process per host)",
+    )
+    parser.add_argument("--steps", type=int, default=300)
+    args = parser.parse_args()
+    if args.distributed:
+        jax.distributed.initialize()  # cluster auto-detection (TPU pods, SLURM, ...)
+
+    mesh, model = make_mesh(), MLP()
+    params, masks, shardings = init_sharded(model, mesh)
+    tx = optax.chain(
+        gj.accumulate_gradients(),  # ggr()'s signal: the mean gradient since the last update
+        gj.mask_gradients(),
+        optax.sgd(0.05, momentum=0.9),
+        gj.mask_updates(),
+    )
+    opt_state = jax.jit(tx.init)(params)  # momentum inherits the params' sharding
+    step = make_step(model, tx, args.steps)
     total = int(sum(np.sum(m) for m in jax.tree.leaves(masks)))
     for t in range(args.steps):
-        host = np.random.default_rng(t).normal(size=(batch, 784)).astype(np.float32)
-        x = jax.make_array_from_callback(host.shape, batch_sharding, lambda i, h=host: h[i])
-        labels = (host @ teacher).argmax(-1).astype(np.int32)
-        y = jax.make_array_from_callback(labels.shape, batch_sharding, lambda i, h=labels: h[i])
-        params, masks, opt_state, loss, moved = step(params, masks, opt_state, x, y, t)
+        params, masks, opt_state, loss, moved = step(params, masks, opt_state, *batch(t, mesh), t)
         if t % 50 == 0 or t == args.steps - 1:
             dens = {
                 "/".join(str(k.key) for k in path[1:-1]): round(float(d), 3)
@@ -131,8 +151,8 @@ def main() -> None:
     assert kernel.sharding.is_equivalent_to(shardings["params"]["Dense_0"]["kernel"], 2)
     assert int(sum(np.sum(m) for m in jax.tree.leaves(masks))) == total  # exact counts
     print(
-        f"{n} devices, mesh {dict(mesh.shape)}; masks sharded {kernel.sharding.spec}; "
-        f"{total} active weights throughout"
+        f"{jax.device_count()} devices, mesh {dict(mesh.shape)}; masks sharded "
+        f"{kernel.sharding.spec}; {total} active weights throughout"
     )
 
 
