@@ -33,10 +33,12 @@ _POINT2, _POINT3 = "issue 14, point 2", "issue 14, point 3"
 
 
 _LIMIT_MASKED = (
-    "The masked step reads each mask once more than the dense step: one byte per param against "
-    "the ~20 bytes per param of the optimizer's own pass, plus the matmuls, so it should cost "
-    "1-2 %. The spread of the ratio between processes is wider than that margin; the "
-    "mask-wrapping optimizer (jaxpruner's style) measures the same."
+    "XLA compiles SGD + momentum into two passes per leaf (the new momentum, then the new "
+    "params), and in the masked step each of them reads the mask: 2 bytes per param more. At "
+    "10M params XLA's cost analysis gives 411.9 MB accessed per masked step against 391.9 MB per "
+    "dense step (+5.1 %), the ratio measured. The mask-wrapping optimizer (jaxpruner's style) "
+    "costs the same. Dropping `mask_updates` would save one read but no longer guard optimizers "
+    "whose updates are not zero where gradients, state and params are."
 )
 _LIMIT_UPDATE = (
     "An update is two selections, each ~4 passes that write a byte array and ~15-20 counting "
