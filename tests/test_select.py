@@ -260,3 +260,25 @@ def test_a_word_holds_four_consecutive_rows():
         for j in range(4):
             np.testing.assert_array_equal((words[i] >> (8 * j)) & 0xFF, d[4 * i + j])
     assert not _words_ok((32, 32, 60, 4))  # a byte of a partial count would pass 255
+
+
+def test_groups_of_leaves_select_like_a_global_selection_per_group():
+    """The general grouping (several multi-leaf groups: segment sums, per-group tie shares)."""
+    from ggr_jax._select import _const, _groups, _select
+
+    rng = np.random.default_rng(3)
+    shapes = [(4, 3), (5,), (2, 2), (8, 2), (3,)]
+    keys = [gj.order_key(jnp.asarray(rng.integers(-2, 3, size=s), jnp.float32)) for s in shapes]
+    elig = [jnp.asarray(rng.random(s) < 0.8) for s in shapes]
+    members = [[0, 1], [2], [3, 4]]
+    for k in ([0, 0, 0], [5, 1, 7], [17, 4, 19], [3, 2, 100]):
+        got, counts = jax.jit(
+            lambda k: _select([_const(x) for x in keys], elig, k, _groups(members))
+        )(jnp.asarray(k, jnp.int32))
+        for g, m in enumerate(members):
+            want = gj.top_k_global([keys[i] for i in m], [elig[i] for i in m], jnp.int32(k[g]))
+            for i, w in zip(m, want, strict=True):
+                np.testing.assert_array_equal(np.asarray(got[i]), np.asarray(w))
+                assert int(counts[i]) == int(np.sum(np.asarray(w)))
+    with pytest.raises(AssertionError, match="consecutive"):
+        _groups([[1], [0]])
