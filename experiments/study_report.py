@@ -7,6 +7,7 @@ and the named configs; the statistics are in ``experiments.study_stats``.
     python -m experiments.study report      # write_report(rows, "docs")
 """
 
+import collections
 import os
 
 from experiments import study_figures, study_runs
@@ -210,6 +211,31 @@ def _claim_b(rows: list[dict]) -> str:
     return text
 
 
+def _other_grids(rows: list[dict]) -> str:
+    """Context from the final grids beyond A: the paired verdicts of GGR's defaults, counted."""
+    parts = []
+    for name in (n for n in spec.ORDER if n in spec.GRIDS and n != "A"):
+        g = spec.GRIDS[name]
+        comps = st.compare_arm(rows, g) if g.split == "test" and rows_of(rows, g) else []
+        if not comps:
+            continue
+        per_base = []
+        for base in spec.BASELINES.values():
+            counts = collections.Counter(
+                c.result.verdict.split(" ")[0] for c in comps if c.comparator == base
+            )
+            per_base.append(
+                f"vs {base} " + ", ".join(f"{k} {v}" for v, k in sorted(counts.items()))
+            )
+        parts.append(f"grid {name}: " + "; ".join(per_base))
+    if not parts:
+        return ""
+    return (
+        "**Grids beyond A (context, not claims):** paired verdicts of GGR's defaults over the "
+        "cells of each grid (tables below): " + "; ".join(parts) + "."
+    )
+
+
 def _provenance(rows: list[dict]) -> str:
     lines = ["## Provenance", "", "Commits that made the runs (runs.csv's `commit` column):", ""]
     for name in (n for n in spec.ORDER if n in spec.GRIDS):
@@ -277,6 +303,7 @@ def write_report(rows: list[dict], out: str) -> str:
         "",
         "- " + _claim_a(rows),
         "- " + _claim_b(rows),
+        *(["- " + other] if (other := _other_grids(rows)) else []),
         "",
         "## Selection (validation split only)",
         "",

@@ -230,8 +230,19 @@ def test_write_report(tmp_path):
     pngs = sorted(p.name for p in (tmp_path / "results").iterdir())
     assert "A_density_over_time.png" in pngs and "A_final_layer_density.png" in pngs
     assert all((tmp_path / "results" / p).stat().st_size > 1000 for p in pngs)
+    # grid B has one of three seeds: its comparisons are counted as pending (2 epochs x 2 inits)
+    assert "grid B: vs rigl 4 pending; vs snfs 4 pending" in text
     empty = open(study_report.write_report([], str(tmp_path / "empty"))).read()
     assert "Claim (a), grid A: pending" in empty and "No selection runs" in empty
+    assert "Grids beyond A" not in empty
+
+
+def test_other_grids_count_the_paired_verdicts():
+    rows = _grid_rows("C", _a_acc(0.02))  # GGR 2 pp ahead of both baselines everywhere
+    assert study_report._other_grids(rows) == (
+        "**Grids beyond A (context, not claims):** paired verdicts of GGR's defaults over the "
+        "cells of each grid (tables below): grid C: vs rigl 4 better; vs snfs 4 better."
+    )
 
 
 # --- the grid runner -----------------------------------------------------------------------
